@@ -1,0 +1,3 @@
+from mnist_lightning.cli import cli_main
+
+cli_main()

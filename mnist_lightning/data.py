@@ -1,0 +1,154 @@
+"""`MNISTDataModule`: verified MNIST (or Fashion-MNIST) held in memory as tensors and served a batch at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.mnist import read_image_file, read_label_file
+
+from mnist_lightning.sources import DATASETS, DatasetSpec, default_data_dir, ensure_raw_files
+
+SPLIT_SEED = 1234
+
+Batch = tuple[Tensor, Tensor]
+
+
+class InMemoryImages(Dataset[Batch]):
+    """Images (uint8, N×1×28×28) and labels held as two tensors.
+
+    torch's DataLoader hands a whole batch of indices to `__getitems__`, so a batch costs one indexing operation
+    instead of a hundred `__getitem__` calls and a collate. Any sampler works, Lightning's distributed one too.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        index = torch.as_tensor(indices, device=self.labels.device)
+        return self.images[index], self.labels[index]
+
+
+def fixed_split(size: int, val_size: int) -> tuple[Tensor, Tensor]:
+    """Indices of a train/val split of `size` items: the same on every run and machine, whatever the global seed."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+def keep_batch(batch: Batch) -> Batch:
+    """`collate_fn` for `InMemoryImages`: its `__getitems__` already returns stacked tensors."""
+    return batch
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST from a verified local copy: a fixed 55,000 / 5,000 train/val split and the official 10,000 test set.
+
+    Args:
+        data_dir: where the raw files live and are fetched to; default `$MNIST_LIGHTNING_DATA`,
+            else `~/.cache/mnist_lightning`.
+        dataset: `mnist` or `fashion_mnist`.
+        batch_size: images per batch in every stage.
+        val_size: images of the official training set held out for validation.
+        num_workers: DataLoader worker processes; batches are slices of a tensor in memory, so 0 is fastest.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        dataset: Literal["mnist", "fashion_mnist"] = "mnist",
+        batch_size: int = 100,
+        val_size: int = 5000,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if val_size <= 0:
+            raise ValueError(f"val_size must be a positive integer, got {val_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+        self.save_hyperparameters()
+        self.spec: DatasetSpec = DATASETS[dataset]
+        self.data_dir = Path(data_dir) if data_dir else default_data_dir()
+        self.train_set: InMemoryImages | None = None
+        self.val_set: InMemoryImages | None = None
+        self.test_set: InMemoryImages | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.spec.classes
+
+    def prepare_data(self) -> None:
+        ensure_raw_files(self.spec, self.data_dir)
+
+    def setup(self, stage: str) -> None:
+        # Lightning calls setup once per stage (fit, then test after fit): build each split only once.
+        if stage in ("fit", "validate") and self.train_set is None:
+            images, labels = self._read_split("train")
+            if self.hparams.val_size >= len(labels):
+                raise ValueError(
+                    f"val_size={self.hparams.val_size} leaves no training images: the training set has "
+                    f"{len(labels)}; pass a smaller --data.val_size"
+                )
+            train_index, val_index = fixed_split(len(labels), self.hparams.val_size)
+            self.train_set = InMemoryImages(images[train_index], labels[train_index])
+            self.val_set = InMemoryImages(images[val_index], labels[val_index])
+        if stage in ("test", "predict") and self.test_set is None:
+            self.test_set = InMemoryImages(*self._read_split("t10k"))
+
+    def _read_split(self, prefix: Literal["train", "t10k"]) -> Batch:
+        raw = ensure_raw_files(self.spec, self.data_dir)
+        images = read_image_file(str(raw / f"{prefix}-images-idx3-ubyte")).unsqueeze(1)
+        labels = read_label_file(str(raw / f"{prefix}-labels-idx1-ubyte"))
+        return images.to(self._device), labels.to(self._device)
+
+    @property
+    def _device(self) -> torch.device:
+        # On a GPU the whole dataset (55 MB as uint8) lives in device memory and batches are indexed there.
+        trainer = self.trainer
+        if trainer is not None and self.hparams.num_workers == 0:
+            return trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 pixels to floats with the dataset's mean 0 and standard deviation 1."""
+        return (images.float() / 255 - self.spec.mean) / self.spec.std
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        images, labels = batch
+        return self.normalize(images), labels
+
+    def train_dataloader(self) -> DataLoader[Batch]:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[Batch]:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader[Batch]:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader[Batch]:
+        return self._loader(self.test_set)
+
+    def _loader(self, dataset: InMemoryImages | None, shuffle: bool = False) -> DataLoader[Batch]:
+        if dataset is None:
+            raise RuntimeError("call setup() for this stage before asking for its dataloader")
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+            collate_fn=keep_batch,
+        )

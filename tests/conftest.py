@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mnist_lightning.sources import DATASETS
+from tests.synthetic import trust_synthetic_mnist, write_synthetic_mnist
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data_dir holding synthetic MNIST-format files: 1,200 training and 300 test images."""
+    data_dir = tmp_path_factory.mktemp("synthetic-data")
+    write_synthetic_mnist(data_dir)
+    return data_dir
+
+
+@pytest.fixture
+def synthetic_mnist(synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`synthetic_dir`, with this process trusting it as MNIST for the length of one test."""
+    monkeypatch.setitem(DATASETS, "mnist", DATASETS["mnist"])
+    trust_synthetic_mnist(synthetic_dir)
+    return synthetic_dir

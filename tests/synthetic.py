@@ -1,0 +1,64 @@
+"""Tiny MNIST-format datasets that the tests write themselves, and a way to run the CLI on them.
+
+Each class is a fixed random pattern plus per-image noise, so a small MLP learns it in a few steps and every image
+is distinct. The real MNIST digests are replaced by the synthetic files' own, in this process or in a subprocess
+started with `cli_command()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mnist_lightning.idx import write_idx
+from mnist_lightning.sources import DATASETS, IDX_FILES, sha256_of
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DIGESTS_FILE = "synthetic-digests.json"
+
+
+def synthetic_arrays(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    patterns = np.random.default_rng(0).random((10, 28, 28)) > 0.7
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count, dtype=np.uint8) % 10
+    rng.shuffle(labels)
+    noise = rng.integers(0, 90, size=(count, 28, 28))
+    images = np.clip(noise + 160 * patterns[labels], 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def write_synthetic_mnist(data_dir: Path, train: int = 1200, test: int = 300) -> Path:
+    """Write the four IDX files under `data_dir/MNIST/raw`, with their digests beside them; return that folder."""
+    raw = DATASETS["mnist"].raw_dir(data_dir)
+    for prefix, count, seed in (("train", train, 1), ("t10k", test, 2)):
+        images, labels = synthetic_arrays(count, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    digests = {name: sha256_of(raw / name) for name in IDX_FILES}
+    (raw / DIGESTS_FILE).write_text(json.dumps(digests))
+    return raw
+
+
+def trust_synthetic_mnist(data_dir: Path) -> None:
+    """Make this process accept the synthetic files as MNIST (and never fetch anything)."""
+    digests = json.loads((DATASETS["mnist"].raw_dir(data_dir) / DIGESTS_FILE).read_text())
+    DATASETS["mnist"] = dataclasses.replace(DATASETS["mnist"], sha256=digests, sources=())
+
+
+def cli_command(data_dir: Path, *args: str) -> list[str]:
+    """`python -m mnist_lightning ARGS` in a fresh process that trusts the synthetic data in `data_dir`."""
+    program = (
+        "import sys; from tests.synthetic import trust_synthetic_mnist; "
+        "trust_synthetic_mnist(sys.argv.pop(1)); "
+        "from mnist_lightning.cli import cli_main; cli_main()"
+    )
+    return [sys.executable, "-c", program, str(data_dir), *args, f"--data.data_dir={data_dir}"]
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}

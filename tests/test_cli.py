@@ -1,0 +1,137 @@
+"""The command line end to end, on synthetic data: real processes, real files."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mnist_lightning.cli import cli_main
+from tests.synthetic import cli_command, subprocess_env
+
+# 1,000 training images in batches of 50: 20 steps per epoch.
+SMALL_RUN = ["--data.val_size=200", "--data.batch_size=50", "--model.hidden_sizes=[32]", "--trainer.max_epochs=2"]
+STEPS_PER_EPOCH = 20
+
+
+@pytest.fixture(autouse=True)
+def no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs take their arguments from `cli_main(args)`, never from pytest's own command line."""
+    monkeypatch.setattr(sys, "argv", ["mnist-lightning"])
+
+
+def run_cli(data_dir: Path, cwd: Path, *args: str) -> str:
+    result = subprocess.run(
+        cli_command(data_dir, *args), cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def printed_test_accuracy(output: str) -> str:
+    return re.findall(r"test/acc\s+([0-9.]+)", output)[-1]
+
+
+@pytest.fixture(scope="module")
+def fitted(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One `fit` in a fresh process: (its run folder, what it printed)."""
+    workdir = tmp_path_factory.mktemp("fit")
+    output = run_cli(synthetic_dir, workdir, "fit", *SMALL_RUN)
+    return workdir / "lightning_logs" / "version_0", output
+
+
+def test_fit_writes_checkpoints_config_and_tensorboard_events(fitted: tuple[Path, str]) -> None:
+    run, _ = fitted
+    checkpoints = sorted(path.name for path in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints
+    assert any(re.fullmatch(r"epoch0[01]-val_acc[01]\.\d{4}\.ckpt", name) for name in checkpoints), checkpoints
+    assert list(run.glob("events.out.tfevents.*"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["hidden_sizes"] == [32] and config["seed_everything"] == 42
+    assert config["trainer"]["max_epochs"] == 2
+
+
+def test_overrides_reach_hparams_yaml(fitted: tuple[Path, str]) -> None:
+    hparams = yaml.safe_load((fitted[0] / "hparams.yaml").read_text())
+    assert hparams["hidden_sizes"] == [32] and hparams["batch_size"] == 50 and hparams["val_size"] == 200
+
+
+def test_fit_prints_a_summary_that_names_the_best_checkpoint_and_test_accuracy(fitted: tuple[Path, str]) -> None:
+    run, output = fitted
+    best = re.search(r"Best checkpoint\s+(\S+)", output).group(1)
+    assert (run.parent.parent / best).resolve().parent == (run / "checkpoints").resolve()
+    assert re.search(r"Test accuracy\s+[01]\.\d{4}", output)
+    assert "tensorboard --logdir lightning_logs" in output
+
+
+def test_a_fresh_process_reproduces_the_test_accuracy_from_the_saved_config(
+    fitted: tuple[Path, str], synthetic_dir: Path
+) -> None:
+    run, fit_output = fitted
+    best = re.search(r"Best checkpoint\s+(\S+)", fit_output).group(1)
+    output = run_cli(synthetic_dir, run.parent.parent, "test", f"--config={run / 'config.yaml'}", f"--ckpt_path={best}")
+    assert printed_test_accuracy(output) == printed_test_accuracy(fit_output)
+
+
+def test_predict_writes_a_csv_row_per_test_image(fitted: tuple[Path, str], synthetic_dir: Path) -> None:
+    run, _ = fitted
+    last = run / "checkpoints" / "last.ckpt"
+    config = run / "config.yaml"
+    output = run_cli(synthetic_dir, run.parent.parent, "predict", f"--config={config}", f"--ckpt_path={last}")
+    path = Path(re.search(r"Predictions for 300 images written to (\S+)", output).group(1))
+    rows = list(csv.DictReader((run.parent.parent / path).open()))
+    assert len(rows) == 300 and sorted(int(row["index"]) for row in rows) == list(range(300))
+    assert all(0 <= int(row["prediction"]) <= 9 and 0.1 <= float(row["confidence"]) <= 1 for row in rows)
+    correct = sum(row["label"] == row["prediction"] for row in rows)
+    assert correct / len(rows) > 0.8, "the synthetic classes are easy: predictions must mostly be right"
+
+
+def test_resume_continues_from_the_saved_epoch(fitted: tuple[Path, str], synthetic_dir: Path) -> None:
+    run, _ = fitted
+    workdir = run.parent.parent
+    run_cli(
+        synthetic_dir,
+        workdir,
+        "fit",
+        f"--config={run / 'config.yaml'}",
+        f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "--trainer.max_epochs=3",
+        "--test_after_fit=false",
+    )
+    resumed = max((workdir / "lightning_logs").iterdir(), key=lambda path: int(path.name.split("_")[1]))
+    state = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert state["epoch"] == 2 and state["global_step"] == 3 * STEPS_PER_EPOCH
+
+
+def test_print_config_prints_yaml_with_the_overrides(synthetic_mnist: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--model.hidden_sizes=[800, 800]", "--data.batch_size=128", "--print_config"])
+    assert exit_info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["hidden_sizes"] == [800, 800] and config["data"]["batch_size"] == 128
+    assert config["trainer"]["max_epochs"] == 20 and config["checkpoint"]["monitor"] == "val/acc"
+
+
+def test_the_seed_config_is_the_starting_point(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config=configs/seed.yaml", "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["hidden_sizes"] == [100] and config["model"]["lr"] == 0.001
+    assert config["data"]["batch_size"] == 100 and config["trainer"]["max_epochs"] == 20
+
+
+@pytest.mark.parametrize(
+    "bad_args",
+    [["fit", "--no_such_flag=1"], ["fit", "--data.batch_size=many"], ["fit", "--config=does-not-exist.yaml"]],
+)
+def test_bad_flags_exit_non_zero(bad_args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(bad_args)
+    assert exit_info.value.code != 0
+    assert "error" in capsys.readouterr().err.lower()

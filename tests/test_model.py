@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnist_lightning import MNISTClassifier
+
+
+def test_default_network_is_the_classic_784_100_10_mlp() -> None:
+    model = MNISTClassifier()
+    linears = [layer for layer in model.net if isinstance(layer, nn.Linear)]
+    assert [(layer.in_features, layer.out_features) for layer in linears] == [(784, 100), (100, 10)]
+    assert not any(isinstance(layer, nn.Dropout) for layer in model.net)
+
+
+def test_output_shape_for_images_and_flat_vectors() -> None:
+    model = MNISTClassifier(hidden_sizes=[32, 16], dropout=0.1)
+    assert model(torch.randn(5, 1, 28, 28)).shape == (5, 10)
+    assert model(torch.randn(3, 784)).shape == (3, 10)
+    assert sum(isinstance(layer, nn.Dropout) for layer in model.net) == 2
+
+
+def test_hyperparameters_are_saved() -> None:
+    model = MNISTClassifier(hidden_sizes=[64], dropout=0.25, lr=3e-4, weight_decay=1e-5)
+    assert dict(model.hparams) == {
+        "hidden_sizes": [64],
+        "dropout": 0.25,
+        "lr": 3e-4,
+        "weight_decay": 1e-5,
+        "input_size": 784,
+        "num_classes": 10,
+    }
+
+
+def test_a_tiny_batch_can_be_overfit() -> None:
+    torch.manual_seed(0)
+    model = MNISTClassifier(hidden_sizes=[64], lr=1e-2)
+    images, labels = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
+    optimizer = model.configure_optimizers()
+    for _ in range(100):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.01
+    assert (model(images).argmax(1) == labels).all()
+
+
+def test_predict_step_returns_classes_and_probabilities() -> None:
+    model = MNISTClassifier()
+    labels = torch.tensor([3, 1, 4])
+    out = model.predict_step((torch.randn(3, 1, 28, 28), labels), 0)
+    assert out["prediction"].shape == (3,) and out["label"] is labels
+    torch.testing.assert_close(out["probabilities"].sum(1), torch.ones(3))
+    assert (out["prediction"] == out["probabilities"].argmax(1)).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"hidden_sizes": []}, "hidden_sizes"),
+        ({"hidden_sizes": [100, 0]}, "hidden_sizes"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"lr": 0}, "lr"),
+        ({"weight_decay": -1}, "weight_decay"),
+    ],
+)
+def test_invalid_hyperparameters_are_refused_with_their_name(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MNISTClassifier(**kwargs)
