@@ -25,3 +25,6 @@ fit: $(STAMP)
 clean:
 	rm -rf build dist *.egg-info lightning_logs .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py

@@ -37,7 +37,8 @@ class InMemoryImages(Dataset[Batch]):
 
     def __getitems__(self, indices: list[int]) -> Batch:
         index = torch.as_tensor(indices, device=self.labels.device)
-        return self.images[index], self.labels[index]
+        # index_select is an order of magnitude faster than `images[index]` on the CPU.
+        return self.images.index_select(0, index), self.labels.index_select(0, index)
 
 
 def fixed_split(size: int, val_size: int) -> tuple[Tensor, Tensor]:
@@ -123,7 +124,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 pixels to floats with the dataset's mean 0 and standard deviation 1."""
-        return (images.float() / 255 - self.spec.mean) / self.spec.std
+        return images.float().sub_(255 * self.spec.mean).div_(255 * self.spec.std)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         images, labels = batch

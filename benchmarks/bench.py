@@ -1,0 +1,283 @@
+"""Seconds per epoch of three ways to train the seed configuration, measured in one run on this machine.
+
+1. `starting-point`: the blog script's pipeline, a torchvision MNIST dataset with per-sample `ToTensor`.
+2. `raw-loop`: a plain PyTorch loop over data held in one tensor (the floor for a Python training loop).
+3. `project`: `python -m mnist_lightning fit` with configs/seed.yaml and its default logging and checkpointing.
+
+Each is the same 784-100-10 MLP, Adam lr 1e-3, batch 100, on the 55,000 / 5,000 split; an epoch is training
+plus validation. Every run is a separate process; the kinds alternate, repeated. Writes a Markdown table and a
+JSON file (with the machine's description) under benchmarks/results/.
+
+    python benchmarks/bench.py --epochs 20 --repeats 3     # `make bench`, about 8 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+KINDS = ("starting-point", "raw-loop", "project")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Children: each trains, then prints one JSON line.
+
+
+def run_child(kind: str, epochs: int, seed: int, data_dir: str, launched_at: float) -> dict:
+    import torch
+
+    epoch_seconds: list[float] = []
+    if kind == "project":
+        test_accuracy, first_epoch_start = _project_fit(epochs, seed, data_dir, epoch_seconds)
+    else:
+        torch.manual_seed(seed)
+        loops = {"starting-point": _starting_point_loaders, "raw-loop": _in_memory_batches}
+        train, val, test = loops[kind](data_dir)
+        model = torch.nn.Sequential(torch.nn.Linear(784, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        first_epoch_start = time.time()
+        for _ in range(epochs):
+            start = time.perf_counter()
+            model.train()
+            for images, labels in train():
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(model(images.view(-1, 784)), labels).backward()
+                optimizer.step()
+            _accuracy(model, val())
+            epoch_seconds.append(time.perf_counter() - start)
+        test_accuracy = _accuracy(model, test())
+    return {
+        "kind": kind,
+        "seed": seed,
+        "epoch_seconds": epoch_seconds,
+        "test_accuracy": test_accuracy,
+        "startup_seconds": first_epoch_start - launched_at,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _accuracy(model, batches) -> float:
+    import torch
+
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in batches:
+            correct += (model(images.view(-1, 784)).argmax(1) == labels).sum().item()
+            total += len(labels)
+    return correct / total
+
+
+def _starting_point_loaders(data_dir: str):
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    from mnist_lightning.data import fixed_split
+
+    train_full = datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor())
+    train_index, val_index = fixed_split(len(train_full), 5000)
+    train = DataLoader(Subset(train_full, train_index.tolist()), batch_size=100, shuffle=True)
+    val = DataLoader(Subset(train_full, val_index.tolist()), batch_size=100)
+    test = DataLoader(datasets.MNIST(data_dir, train=False, transform=transforms.ToTensor()), batch_size=100)
+    return (lambda: train), (lambda: val), (lambda: test)
+
+
+def _in_memory_batches(data_dir: str):
+    import torch
+
+    from mnist_lightning import MNISTDataModule
+
+    datamodule = MNISTDataModule(data_dir=data_dir)
+    datamodule.setup("fit")
+    datamodule.setup("test")
+
+    def as_tensors(dataset):
+        return datamodule.normalize(dataset.images), dataset.labels
+
+    def batches(images, labels, shuffle: bool = False):
+        order = torch.randperm(len(labels)) if shuffle else torch.arange(len(labels))
+        for start in range(0, len(labels), 100):
+            index = order[start : start + 100]
+            yield images[index], labels[index]
+
+    train, val, test = (as_tensors(d) for d in (datamodule.train_set, datamodule.val_set, datamodule.test_set))
+    return (lambda: batches(*train, shuffle=True)), (lambda: batches(*val)), (lambda: batches(*test))
+
+
+def _project_fit(epochs: int, seed: int, data_dir: str, epoch_seconds: list[float]) -> tuple[float, float]:
+    import tempfile
+
+    import lightning as L
+
+    from mnist_lightning.cli import MNISTLightningCLI
+    from mnist_lightning.data import MNISTDataModule
+    from mnist_lightning.model import MNISTClassifier
+
+    class EpochTimer(L.Callback):
+        first_start = 0.0
+
+        def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.start = time.perf_counter()
+            self.first_start = self.first_start or time.time()
+
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            epoch_seconds.append(time.perf_counter() - self.start)  # validation runs before this hook
+
+    timer = EpochTimer()
+    config = REPO_ROOT / "configs" / "seed.yaml"
+    with tempfile.TemporaryDirectory() as workdir:
+        args = ["fit", f"--config={config}", f"--trainer.max_epochs={epochs}", f"--seed_everything={seed}"]
+        args.append(f"--data.data_dir={data_dir}")
+        args.append(f"--trainer.default_root_dir={workdir}")
+        args.append(f"--trainer.logger.init_args.save_dir={workdir}")
+        cli = MNISTLightningCLI(
+            MNISTClassifier,
+            MNISTDataModule,
+            seed_everything_default=42,
+            args=args,
+            trainer_defaults={"callbacks": [timer]},
+        )
+        test_accuracy = cli.trainer.callback_metrics["test/acc"].item()
+    return test_accuracy, timer.first_start
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parent: schedule, summarize, write.
+
+
+def child_command(kind: str, epochs: int, seed: int, data_dir: str) -> list[str]:
+    script = str(Path(__file__).resolve())
+    return [sys.executable, script, "--child", kind, f"--epochs={epochs}", f"--seed={seed}", f"--data-dir={data_dir}"]
+
+
+def measure(kind: str, epochs: int, seed: int, data_dir: str) -> dict:
+    command = [*child_command(kind, epochs, seed, data_dir), f"--launched-at={time.time()}"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(f"{kind} run failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def summarize(runs: list[dict]) -> dict[str, dict]:
+    summary = {}
+    for kind in dict.fromkeys(run["kind"] for run in runs):
+        mine = [run for run in runs if run["kind"] == kind]
+        # The first epoch pays one-off costs (allocator warm-up, lazy imports): it is reported apart.
+        steady = [seconds for run in mine for seconds in run["epoch_seconds"][1:]] or [
+            run["epoch_seconds"][0] for run in mine
+        ]
+        summary[kind] = {
+            "epoch_seconds_median": statistics.median(steady),
+            "epoch_seconds_min": min(steady),
+            "epoch_seconds_max": max(steady),
+            "first_epoch_seconds_median": statistics.median(run["epoch_seconds"][0] for run in mine),
+            "test_accuracies": [run["test_accuracy"] for run in mine],
+            "test_accuracy_mean": statistics.mean(run["test_accuracy"] for run in mine),
+            "startup_seconds_median": statistics.median(run["startup_seconds"] for run in mine),
+            "peak_rss_mib_max": max(run["peak_rss_mib"] for run in mine),
+        }
+    return summary
+
+
+def ratios(summary: dict[str, dict]) -> dict[str, float]:
+    if "project" not in summary:
+        return {}
+    project = summary["project"]["epoch_seconds_median"]
+    return {f"project / {kind}": project / row["epoch_seconds_median"] for kind, row in summary.items()}
+
+
+def markdown_table(summary: dict[str, dict]) -> str:
+    lines = [
+        "| pipeline | s/epoch, median (min–max) | first epoch s | test accuracy (mean) | start-up s | peak RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for kind, row in summary.items():
+        lines.append(
+            f"| {kind} | {row['epoch_seconds_median']:.3f} ({row['epoch_seconds_min']:.3f}–"
+            f"{row['epoch_seconds_max']:.3f}) | {row['first_epoch_seconds_median']:.3f} | "
+            f"{row['test_accuracy_mean']:.4f} | {row['startup_seconds_median']:.1f} | {row['peak_rss_mib_max']:.0f} |"
+        )
+    lines.append("")
+    lines += [f"- {name}: **{value:.2f}×** seconds per epoch" for name, value in ratios(summary).items()]
+    return "\n".join(lines)
+
+
+def machine_description() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        cpu = names[0] if names else cpu
+    return {
+        "cpu": cpu,
+        "logical_cpus": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per run (the first is reported apart)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each pipeline, alternating; seeds 42, 43, ...")
+    parser.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", default=None, help="MNIST data folder (default: the project's cache)")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="folder for the JSON and Markdown")
+    parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--launched-at", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from mnist_lightning.sources import DATASETS, default_data_dir, ensure_raw_files
+
+    data_dir = args.data_dir or str(default_data_dir())
+    if args.child:
+        print(json.dumps(run_child(args.child, args.epochs, args.seed, data_dir, args.launched_at)))
+        return {}
+
+    ensure_raw_files(DATASETS["mnist"], Path(data_dir))
+    runs = []
+    for repeat in range(args.repeats):
+        for kind in args.kinds:
+            runs.append(measure(kind, args.epochs, 42 + repeat, data_dir))
+            print(f"run {repeat + 1}/{args.repeats} {kind}: {runs[-1]['epoch_seconds']}", file=sys.stderr)
+    summary = summarize(runs)
+    command = " ".join(["python", "benchmarks/bench.py", *(argv if argv is not None else sys.argv[1:])])
+    report = {
+        "command": command,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "machine": machine_description(),
+        "summary": summary,
+        "ratios": ratios(summary),
+        "runs": runs,
+    }
+    table = markdown_table(summary)
+    args.output.mkdir(parents=True, exist_ok=True)
+    stem = args.output / f"bench-{datetime.now():%Y%m%d-%H%M%S}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    stem.with_suffix(".md").write_text(f"`{command}` on {report['machine']['cpu']}\n\n{table}\n")
+    print(table)
+    print(f"\nwritten: {stem}.json, {stem}.md")
+    return report
+
+
+if __name__ == "__main__":
+    main()
