@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from jsonargparse import lazy_instance
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -19,6 +19,7 @@ from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.predictions import PredictionWriter
 from mnist_lightning.sources import DataError
+from mnist_lightning.visuals import VISUALS
 
 
 class MNISTLightningCLI(LightningCLI):
@@ -34,6 +35,9 @@ class MNISTLightningCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(TQDMProgressBar, "progress_bar")
+        for name, panel in VISUALS.items():
+            parser.add_lightning_class_args(panel, f"visuals.{name}")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -46,10 +50,26 @@ class MNISTLightningCLI(LightningCLI):
                 "last_checkpoint.filename": "last",
                 "last_checkpoint.monitor": None,
                 "last_checkpoint.enable_version_counter": False,
+                # Redrawing the bar after every step costs more than a training step of this small network.
+                "progress_bar.refresh_rate": 50,
                 "trainer.max_epochs": 20,
                 "trainer.logger": lazy_instance(TensorBoardLogger, save_dir=".", default_hp_metric=False),
+                "trainer.callbacks": [
+                    {
+                        "class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
+                        "init_args": {"logging_interval": "epoch"},
+                    }
+                ],
             }
         )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        # Lightning refuses a progress bar callback with enable_progress_bar=False; keep that flag working by
+        # silencing the bar instead (refresh rate 0 disables it).
+        if config.trainer.enable_progress_bar is False:
+            config.trainer.enable_progress_bar = True
+            config.progress_bar.refresh_rate = 0
 
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit"):

@@ -22,21 +22,25 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DIGESTS_FILE = "synthetic-digests.json"
 
 
-def synthetic_arrays(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_arrays(count: int, seed: int, mislabelled: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """`count` images and labels; a fraction `mislabelled` of the labels is wrong, so no model is perfect."""
     patterns = np.random.default_rng(0).random((10, 28, 28)) > 0.7
     rng = np.random.default_rng(seed)
     labels = np.arange(count, dtype=np.uint8) % 10
     rng.shuffle(labels)
     noise = rng.integers(0, 90, size=(count, 28, 28))
     images = np.clip(noise + 160 * patterns[labels], 0, 255).astype(np.uint8)
+    wrong = rng.random(count) < mislabelled
+    labels[wrong] = (labels[wrong] + 1 + rng.integers(0, 9, size=wrong.sum())) % 10
     return images, labels
 
 
 def write_synthetic_mnist(data_dir: Path, train: int = 1200, test: int = 300) -> Path:
     """Write the four IDX files under `data_dir/MNIST/raw`, with their digests beside them; return that folder."""
     raw = DATASETS["mnist"].raw_dir(data_dir)
-    for prefix, count, seed in (("train", train, 1), ("t10k", test, 2)):
-        images, labels = synthetic_arrays(count, seed)
+    # Some test labels are wrong, so that test accuracy is below 1 and there are mistakes to show.
+    for prefix, count, seed, mislabelled in (("train", train, 1, 0.0), ("t10k", test, 2, 0.05)):
+        images, labels = synthetic_arrays(count, seed, mislabelled)
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     digests = {name: sha256_of(raw / name) for name in IDX_FILES}
