@@ -3,6 +3,8 @@
 1. `starting-point`: the blog script's pipeline, a torchvision MNIST dataset with per-sample `ToTensor`.
 2. `raw-loop`: a plain PyTorch loop over data held in one tensor (the floor for a Python training loop).
 3. `project`: `python -m mnist_lightning fit` with configs/seed.yaml and its default logging and checkpointing.
+4. `project-no-visuals`: the same with every panel of mnist_lightning.visuals.Dashboard switched off, to show
+   what the panels cost.
 
 Each is the same 784-100-10 MLP, Adam lr 1e-3, batch 100, on the 55,000 / 5,000 split; an epoch is training
 plus validation. Every run is a separate process; the kinds alternate, repeated. Writes a Markdown table and a
@@ -25,7 +27,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-KINDS = ("starting-point", "raw-loop", "project")
+KINDS = ("starting-point", "raw-loop", "project", "project-no-visuals")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,9 +39,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def run_child(kind: str, epochs: int, seed: int, data_dir: str, launched_at: float) -> dict:
     import torch
 
+    from mnist_lightning.visuals import Dashboard
+
     epoch_seconds: list[float] = []
-    if kind == "project":
-        test_accuracy, first_epoch_start = _project_fit(epochs, seed, data_dir, epoch_seconds)
+    if kind.startswith("project"):
+        extra = [f"--dashboard.{panel}=false" for panel in Dashboard().panels] if kind == "project-no-visuals" else []
+        test_accuracy, first_epoch_start = _project_fit(epochs, seed, data_dir, epoch_seconds, extra)
     else:
         torch.manual_seed(seed)
         loops = {"starting-point": _starting_point_loaders, "raw-loop": _in_memory_batches}
@@ -115,7 +120,9 @@ def _in_memory_batches(data_dir: str):
     return (lambda: batches(*train, shuffle=True)), (lambda: batches(*val)), (lambda: batches(*test))
 
 
-def _project_fit(epochs: int, seed: int, data_dir: str, epoch_seconds: list[float]) -> tuple[float, float]:
+def _project_fit(
+    epochs: int, seed: int, data_dir: str, epoch_seconds: list[float], extra_args: list[str]
+) -> tuple[float, float]:
     import tempfile
 
     import lightning as L
@@ -138,7 +145,7 @@ def _project_fit(epochs: int, seed: int, data_dir: str, epoch_seconds: list[floa
     config = REPO_ROOT / "configs" / "seed.yaml"
     with tempfile.TemporaryDirectory() as workdir:
         args = ["fit", f"--config={config}", f"--trainer.max_epochs={epochs}", f"--seed_everything={seed}"]
-        args.append(f"--data.data_dir={data_dir}")
+        args += [f"--data.data_dir={data_dir}", *extra_args]
         args.append(f"--trainer.default_root_dir={workdir}")
         args.append(f"--trainer.logger.init_args.save_dir={workdir}")
         cli = MNISTLightningCLI(

@@ -19,7 +19,7 @@ from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.predictions import PredictionWriter
 from mnist_lightning.sources import DataError
-from mnist_lightning.visuals import VISUALS
+from mnist_lightning.visuals import Dashboard
 
 
 class MNISTLightningCLI(LightningCLI):
@@ -36,8 +36,7 @@ class MNISTLightningCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(TQDMProgressBar, "progress_bar")
-        for name, panel in VISUALS.items():
-            parser.add_lightning_class_args(panel, f"visuals.{name}")
+        parser.add_lightning_class_args(Dashboard, "dashboard")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",

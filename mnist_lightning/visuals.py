@@ -1,9 +1,8 @@
-"""TensorBoard panels that show what the model learned, each a Lightning callback.
+"""`Dashboard`: TensorBoard panels that show what the model learned, in one Lightning callback.
 
-Every panel works at epoch ends only (nothing per training step), writes from global rank 0 only, does nothing
-when the run has no TensorBoard logger, and has `enabled` to switch it off from the command line or YAML
-(`--visuals.confusion_matrix.enabled false`). Figures that people want without TensorBoard are also saved as
-PNG files in the run folder.
+One callback rather than one per panel: Lightning calls every hook of every callback on every step, and seven
+callbacks cost ~4 % of an epoch of the seed model before drawing anything. Each panel has its own switch
+(`--dashboard.histograms false`, or `dashboard: {histograms: false}` in YAML).
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import heapq
 import time
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import matplotlib
@@ -31,34 +29,6 @@ from torchvision.utils import make_grid
 Batch = tuple[Tensor, Tensor]
 
 
-class TensorBoardPanel(L.Callback):
-    """Base of the panels: finds the TensorBoard writer, if this process should write to one."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-
-    def writer(self, trainer: L.Trainer) -> SummaryWriter | None:
-        if not (self.enabled and trainer.is_global_zero) or trainer.sanity_checking:
-            return None
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                return logger.experiment
-        return None
-
-    @staticmethod
-    def save_png(trainer: L.Trainer, figure: Figure, name: str) -> Path:
-        path = Path(trainer.log_dir or ".") / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110, bbox_inches="tight")
-        return path
-
-
-def pixel_images(trainer: L.Trainer, images: Tensor) -> Tensor:
-    """Undo the data module's normalization, to values in [0, 1] for display."""
-    spec = trainer.datamodule.spec  # type: ignore[attr-defined]
-    return (images.float() * spec.std + spec.mean).clamp(0, 1)
-
-
 def labelled_grid(images: Tensor, captions: list[str], columns: int = 8) -> Figure:
     """A grid of N×1×28×28 images in [0, 1] (torchvision's `make_grid`), with a caption under each."""
     padding = 12  # white space under each image holds its caption
@@ -76,180 +46,213 @@ def labelled_grid(images: Tensor, captions: list[str], columns: int = 8) -> Figu
     return figure
 
 
-class SampleGrid(TensorBoardPanel):
-    """Once, when training starts: a labelled grid of training images, as the model receives them."""
-
-    def __init__(self, enabled: bool = True, count: int = 32) -> None:
-        super().__init__(enabled)
-        self.count = count
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = self.writer(trainer)
-        if writer is None:
-            return
-        images, labels = trainer.datamodule.train_set[: self.count]  # type: ignore[attr-defined]
-        classes = trainer.datamodule.classes  # type: ignore[attr-defined]
-        figure = labelled_grid(images.float() / 255, [classes[label] for label in labels.tolist()])
-        writer.add_figure("samples/train", figure, global_step=trainer.global_step)
+def confusion_heatmap(matrix: Tensor, cell: int = 16) -> Tensor:
+    """A 3×H×W image of a confusion matrix: row-normalized rates, square-root scaled so that rare mistakes show."""
+    rates = matrix.float() / matrix.sum(dim=1, keepdim=True).clamp(min=1)
+    colours = torch.from_numpy(matplotlib.colormaps["viridis"](rates.sqrt().cpu().numpy())[..., :3])
+    return colours.permute(2, 0, 1).repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)
 
 
-class ConfusionMatrix(TensorBoardPanel):
-    """The confusion matrix of the validation set after each epoch, and of the test set."""
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        classes = trainer.datamodule.classes  # type: ignore[attr-defined]
-        self.matrix = MulticlassConfusionMatrix(len(classes), validate_args=False).to(pl_module.device)
-        self.classes = list(classes)
-
-    def _update(self, outputs: Any, batch: Batch) -> None:
-        if self.enabled:
-            self.matrix.update(outputs["logits"].argmax(dim=-1), batch[1])
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._update(outputs, batch)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._update(outputs, batch)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer, "val")
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer, "test")
-
-    def _write(self, trainer: L.Trainer, stage: str) -> None:
-        if not self.enabled:
-            return
-        matrix = self.matrix.compute()  # on every process: under DDP this gathers the counts
-        self.matrix.reset()
-        writer = self.writer(trainer)
-        if writer is None:
-            return
-        figure, axes = self.matrix.plot(matrix.cpu(), labels=self.classes)
-        when = f"after epoch {trainer.current_epoch}" if stage == "val" else "test set"
-        axes.set_title(f"{stage}: {when}", fontsize=10)
-        self.save_png(trainer, figure, f"confusion_matrix_{stage}.png")
-        writer.add_figure(f"confusion_matrix/{stage}", figure, global_step=trainer.global_step)
+def weight_images(weights: Tensor, columns: int = 8) -> Tensor:
+    """Rows of 784 weights as a grid of 28×28 images, each scaled to [0, 1] on its own."""
+    low, high = weights.min(dim=1, keepdim=True).values, weights.max(dim=1, keepdim=True).values
+    scaled = (weights - low) / (high - low).clamp(min=1e-12)
+    return make_grid(scaled.view(-1, 1, 28, 28), nrow=columns, padding=1)
 
 
-class MisclassifiedGrid(TensorBoardPanel):
-    """After testing: the test images the model got wrong with the highest confidence, with true → predicted."""
+class Dashboard(L.Callback):
+    """What the model learned, in TensorBoard, at epoch ends only and from global rank 0 only.
 
-    def __init__(self, enabled: bool = True, count: int = 32) -> None:
-        super().__init__(enabled)
-        self.count = count
-        self.worst: list[tuple[float, int, Tensor, int, int]] = []
+    Does nothing when the run has no TensorBoard logger. The confusion matrices and the most confident mistakes
+    are also saved as PNG files in the run folder.
 
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.worst = []
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not self.enabled:
-            return
-        images, labels = batch
-        confidence, predicted = outputs["logits"].softmax(dim=-1).max(dim=-1)
-        for i in (predicted != labels).nonzero().flatten().tolist():
-            entry = (confidence[i].item(), len(self.worst), images[i].cpu(), labels[i].item(), predicted[i].item())
-            heapq.heappush(self.worst, entry) if len(self.worst) < self.count else heapq.heappushpop(self.worst, entry)
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = self.writer(trainer)
-        if writer is None or not self.worst:
-            return
-        worst = sorted(self.worst, reverse=True)
-        classes = trainer.datamodule.classes  # type: ignore[attr-defined]
-        images = pixel_images(trainer, torch.stack([entry[2] for entry in worst]))
-        captions = [f"{classes[true]}→{classes[pred]} {conf:.2f}" for conf, _, _, true, pred in worst]
-        figure = labelled_grid(images, captions)
-        figure.suptitle("most confident mistakes: true→predicted, confidence", fontsize=9)
-        self.save_png(trainer, figure, "misclassified_test.png")
-        writer.add_figure("misclassified/test", figure, global_step=trainer.global_step)
-
-
-class FirstLayerWeights(TensorBoardPanel):
-    """After each training epoch: each first-layer unit's 784 weights as a 28×28 image (what it looks at)."""
-
-    def __init__(self, enabled: bool = True, units: int = 64) -> None:
-        super().__init__(enabled)
-        self.units = units
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = self.writer(trainer)
-        if writer is None:
-            return
-        first = next(module for module in pl_module.modules() if isinstance(module, nn.Linear))
-        weights = first.weight.detach()[: self.units].float().cpu().view(-1, 1, 28, 28)
-        grid = make_grid(weights, nrow=8, normalize=True, scale_each=True, padding=1)
-        writer.add_image("weights/first_layer", grid, global_step=trainer.global_step)
-
-
-class WeightHistograms(TensorBoardPanel):
-    """After each training epoch: a histogram of every layer's weights and biases."""
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = self.writer(trainer)
-        if writer is None:
-            return
-        for name, parameter in pl_module.named_parameters():
-            writer.add_histogram(f"parameters/{name}", parameter.detach().cpu(), global_step=trainer.global_step)
-
-
-class Throughput(TensorBoardPanel):
-    """After each training epoch: training images per second (`train/samples_per_sec`), validation excluded."""
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.samples, self.start, self.seconds = 0, time.perf_counter(), None
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.samples += len(batch[1])  # the only per-step work: one addition
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking and self.seconds is None:
-            self.seconds = time.perf_counter() - self.start
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        seconds = self.seconds or time.perf_counter() - self.start
-        if self.enabled and self.samples:
-            pl_module.log("train/samples_per_sec", self.samples / seconds)
-
-
-class HyperparameterTable(TensorBoardPanel):
-    """Fills TensorBoard's HPARAMS tab: the run's hyperparameters, with `val/acc_best` and `test/acc` as metrics.
-
-    Only the table's columns are declared here; TensorBoard fills them with the last values the run logs under
-    those names, so no placeholder value is ever logged.
+    Args:
+        samples: a labelled grid of training images, once when training starts (`samples/train`).
+        confusion_matrix: the validation confusion matrix after each epoch as a heatmap (`confusion_matrix/val`),
+            the test one as a labelled figure (`confusion_matrix/test`); PNG files of the test set and of the
+            last validation epoch (drawing the labelled figure takes ~0.3 s, too long for every epoch).
+        misclassified: the test images the model got most confidently wrong (`misclassified/test`).
+        first_layer: each first-layer unit's 784 weights as a 28×28 image after each epoch (`weights/first_layer`).
+        histograms: every layer's weights and biases after each epoch (`parameters/...`).
+        throughput: training images per second of each epoch, validation excluded (`train/samples_per_sec`).
+        hparams: the HPARAMS tab: the run's hyperparameters beside `val/acc_best` and `test/acc`.
+        grid_size: images in the sample and mistake grids; units in the first-layer grid.
     """
 
-    metrics = ("val/acc_best", "test/acc")
+    hparam_metrics = ("val/acc_best", "test/acc")
 
-    def __init__(self, enabled: bool = True) -> None:
-        super().__init__(enabled)
-        self.declared = False
+    def __init__(
+        self,
+        samples: bool = True,
+        confusion_matrix: bool = True,
+        misclassified: bool = True,
+        first_layer: bool = True,
+        histograms: bool = True,
+        throughput: bool = True,
+        hparams: bool = True,
+        grid_size: int = 32,
+    ) -> None:
+        self.panels = {
+            "samples": samples,
+            "confusion_matrix": confusion_matrix,
+            "misclassified": misclassified,
+            "first_layer": first_layer,
+            "histograms": histograms,
+            "throughput": throughput,
+            "hparams": hparams,
+        }
+        self.grid_size = grid_size
+        self.hparams_declared = False
+        self.last_val_matrix: Tensor | None = None
+        self.mistakes: list[tuple[float, int, Tensor, int, int]] = []
+
+    # --- plumbing -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def writer(trainer: L.Trainer) -> SummaryWriter | None:
+        """The TensorBoard writer, if this process writes one (rank 0, not sanity checking)."""
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return None
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                return logger.experiment
+        return None
+
+    @staticmethod
+    def save_png(trainer: L.Trainer, figure: Figure, name: str) -> None:
+        path = Path(trainer.log_dir or ".") / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.classes = list(trainer.datamodule.classes)  # type: ignore[attr-defined]
+        self.spec = trainer.datamodule.spec  # type: ignore[attr-defined]
+        self.matrix = MulticlassConfusionMatrix(len(self.classes), validate_args=False).to(pl_module.device)
+
+    # --- start ----------------------------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._declare(trainer, pl_module)
+        self._declare_hparams(trainer, pl_module)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._declare(trainer, pl_module)  # a test run of its own; after a fit, the fit declared already
+        self._declare_hparams(trainer, pl_module)  # a test run of its own; after a fit, the fit declared them
+        self.mistakes = []
 
-    def _declare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _declare_hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Only the table's columns are declared; TensorBoard fills them with the last values logged under those
+        # names, so no placeholder value is logged.
         writer = self.writer(trainer)
-        if writer is None or self.declared:
+        if writer is None or not self.panels["hparams"] or self.hparams_declared:
             return
-        self.declared = True
+        self.hparams_declared = True
         params = {**pl_module.hparams, **trainer.datamodule.hparams}  # type: ignore[attr-defined]
         # The table takes numbers, strings and booleans; lists such as hidden_sizes are shown as text.
         params = {name: v if isinstance(v, (bool, int, float, str)) else str(v) for name, v in params.items()}
-        for summary in hparams(params, dict.fromkeys(self.metrics, 0.0)):
+        for summary in hparams(params, dict.fromkeys(self.hparam_metrics, 0.0)):
             writer._get_file_writer().add_summary(summary)  # what SummaryWriter.add_hparams does, minus a sub-run
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer = self.writer(trainer)
+        if writer is None or not self.panels["samples"]:
+            return
+        images, labels = trainer.datamodule.train_set[: self.grid_size]  # type: ignore[attr-defined]
+        figure = labelled_grid(images.float() / 255, [self.classes[label] for label in labels.tolist()])
+        writer.add_figure("samples/train", figure, global_step=trainer.global_step)
 
-VISUALS: dict[str, type[TensorBoardPanel]] = {
-    "samples": SampleGrid,
-    "confusion_matrix": ConfusionMatrix,
-    "misclassified": MisclassifiedGrid,
-    "first_layer": FirstLayerWeights,
-    "histograms": WeightHistograms,
-    "throughput": Throughput,
-    "hparams": HyperparameterTable,
-}
+    # --- training epochs ------------------------------------------------------------------------------------
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch_samples, self.epoch_start, self.training_seconds = 0, time.perf_counter(), None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.epoch_samples += len(batch[1])  # the only per-step work: one addition
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.training and self.training_seconds is None:
+            self.training_seconds = time.perf_counter() - self.epoch_start
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.panels["throughput"] and self.epoch_samples:
+            seconds = self.training_seconds or time.perf_counter() - self.epoch_start
+            pl_module.log("train/samples_per_sec", self.epoch_samples / seconds)
+        writer = self.writer(trainer)
+        if writer is None:
+            return
+        step = trainer.global_step
+        if self.panels["first_layer"]:
+            first = next(module for module in pl_module.modules() if isinstance(module, nn.Linear))
+            weights = first.weight.detach()[: self.grid_size].float().cpu()
+            writer.add_image("weights/first_layer", weight_images(weights), global_step=step)
+        if self.panels["histograms"]:
+            for name, parameter in pl_module.named_parameters():
+                writer.add_histogram(f"parameters/{name}", parameter.detach().cpu(), global_step=step)
+
+    # --- validation and test --------------------------------------------------------------------------------
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.panels["confusion_matrix"]:
+            self.matrix.update(outputs["logits"].argmax(dim=-1), batch[1])
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.panels["confusion_matrix"]:
+            return
+        matrix = self._confusion_matrix()
+        writer = self.writer(trainer)
+        if writer is not None:
+            self.last_val_matrix = matrix
+            writer.add_image("confusion_matrix/val", confusion_heatmap(matrix), global_step=trainer.global_step)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.last_val_matrix is not None and self.writer(trainer) is not None:
+            title = f"validation set, epoch {trainer.current_epoch - 1}"
+            figure = self._confusion_figure(self.last_val_matrix, title)
+            self.save_png(trainer, figure, "confusion_matrix_val.png")
+            plt.close(figure)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        images, labels = batch
+        if self.panels["confusion_matrix"]:
+            self.matrix.update(outputs["logits"].argmax(dim=-1), labels)
+        if self.panels["misclassified"]:
+            confidence, predicted = outputs["logits"].softmax(dim=-1).max(dim=-1)
+            for i in (predicted != labels).nonzero().flatten().tolist():
+                entry = (
+                    confidence[i].item(),
+                    len(self.mistakes),
+                    images[i].cpu(),
+                    labels[i].item(),
+                    predicted[i].item(),
+                )
+                if len(self.mistakes) < self.grid_size:
+                    heapq.heappush(self.mistakes, entry)
+                else:
+                    heapq.heappushpop(self.mistakes, entry)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        matrix = self._confusion_matrix() if self.panels["confusion_matrix"] else None
+        writer = self.writer(trainer)
+        if writer is None:
+            return
+        step = trainer.global_step
+        if matrix is not None:
+            figure = self._confusion_figure(matrix, "test set")
+            self.save_png(trainer, figure, "confusion_matrix_test.png")
+            writer.add_figure("confusion_matrix/test", figure, global_step=step)
+        if self.panels["misclassified"] and self.mistakes:
+            mistakes = sorted(self.mistakes, reverse=True)
+            images = torch.stack([image for _, _, image, _, _ in mistakes]).float() * self.spec.std + self.spec.mean
+            captions = [f"{self.classes[true]}→{self.classes[pred]} {conf:.2f}" for conf, _, _, true, pred in mistakes]
+            figure = labelled_grid(images.clamp(0, 1), captions)
+            figure.suptitle("most confident mistakes: true→predicted, confidence", fontsize=9)
+            self.save_png(trainer, figure, "misclassified_test.png")
+            writer.add_figure("misclassified/test", figure, global_step=step)
+
+    def _confusion_matrix(self) -> Tensor:
+        matrix = self.matrix.compute()  # on every process: under DDP this gathers the counts
+        self.matrix.reset()
+        return matrix.cpu()
+
+    def _confusion_figure(self, matrix: Tensor, title: str) -> Figure:
+        figure, axes = self.matrix.plot(matrix, labels=self.classes)
+        axes.set_title(f"{title}: rows are true classes, columns predicted", fontsize=10)
+        return figure

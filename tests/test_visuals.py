@@ -86,8 +86,8 @@ def test_each_panel_can_be_switched_off(synthetic_mnist: Path, tmp_path: Path, m
         synthetic_mnist,
         tmp_path,
         monkeypatch,
-        "--visuals.confusion_matrix.enabled=false",
-        "--visuals.histograms.enabled=false",
+        "--dashboard.confusion_matrix=false",
+        "--dashboard.histograms=false",
     )
     tags = events(run).Tags()
     assert not any(tag.startswith("confusion_matrix") for tag in tags["images"])

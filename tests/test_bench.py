@@ -1,0 +1,54 @@
+"""The benchmark script runs end to end (one epoch, synthetic data); its timings are never asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from mnist_lightning.sources import DATASETS
+from tests.synthetic import REPO_ROOT, trust_synthetic_mnist, write_synthetic_mnist
+
+# Each child process first accepts the synthetic files as MNIST, then runs the script as `python bench.py ...`.
+TRUSTING_CHILD = (
+    "import runpy, sys; from tests.synthetic import trust_synthetic_mnist; "
+    "trust_synthetic_mnist(sys.argv[1]); sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench", REPO_ROOT / "benchmarks" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_runs_every_pipeline_and_writes_its_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    write_synthetic_mnist(data_dir, train=5600, test=200)  # the seed configuration holds out 5,000 for validation
+    monkeypatch.setitem(DATASETS, "mnist", DATASETS["mnist"])
+    trust_synthetic_mnist(data_dir)
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    bench = load_bench()
+    child_command = bench.child_command
+    monkeypatch.setattr(
+        bench,
+        "child_command",
+        lambda *args: [child_command(*args)[0], "-c", TRUSTING_CHILD, str(data_dir), *child_command(*args)[1:]],
+    )
+
+    report = bench.main(["--epochs=1", "--repeats=1", f"--data-dir={data_dir}", f"--output={tmp_path / 'results'}"])
+
+    assert set(report["summary"]) == set(bench.KINDS)
+    for row in report["summary"].values():
+        assert row["epoch_seconds_median"] > 0 and 0 <= row["test_accuracy_mean"] <= 1
+        assert row["peak_rss_mib_max"] > 0 and row["startup_seconds_median"] > 0
+    assert set(report["ratios"]) == {f"project / {kind}" for kind in bench.KINDS}
+    written = json.loads(next((tmp_path / "results").glob("bench-*.json")).read_text())
+    assert written["machine"]["torch"] and written["summary"] == report["summary"]
+    markdown = next((tmp_path / "results").glob("bench-*.md")).read_text()
+    assert all(f"| {kind} |" in markdown for kind in bench.KINDS)
