@@ -6,20 +6,25 @@ Every constructor argument of `MNISTClassifier`, `MNISTDataModule` and `Trainer`
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-from jsonargparse import lazy_instance
+import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lightning.data import MNISTDataModule
+from mnist_lightning.errors import ArgumentError, UserError
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.predictions import PredictionWriter
-from mnist_lightning.sources import DataError
+from mnist_lightning.runs import architecture_differences, claim_next_version, read_checkpoint, run_version_of
 from mnist_lightning.visuals import Dashboard
+
+# Values of --ckpt_path that Lightning resolves itself rather than naming a file.
+SPECIAL_CHECKPOINTS = ("best", "last", "hpc", "registry")
 
 
 class MNISTLightningCLI(LightningCLI):
@@ -33,7 +38,7 @@ class MNISTLightningCLI(LightningCLI):
             help="After fit, test the best checkpoint on the official test set (used by fit only).",
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(TQDMProgressBar, "progress_bar")
         parser.add_lightning_class_args(Dashboard, "dashboard")
@@ -52,7 +57,11 @@ class MNISTLightningCLI(LightningCLI):
                 # Redrawing the bar after every step costs more than a training step of this small network.
                 "progress_bar.refresh_rate": 50,
                 "trainer.max_epochs": 20,
-                "trainer.logger": lazy_instance(TensorBoardLogger, save_dir=".", default_hp_metric=False),
+                "last_checkpoint.save_on_exception": True,
+                "trainer.logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": ".", "default_hp_metric": False},
+                },
                 "trainer.callbacks": [
                     {
                         "class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
@@ -69,6 +78,68 @@ class MNISTLightningCLI(LightningCLI):
         if config.trainer.enable_progress_bar is False:
             config.trainer.enable_progress_bar = True
             config.progress_bar.refresh_rate = 0
+        self._choose_run_folder(config)
+
+    def _choose_run_folder(self, config) -> None:
+        """Claim a fresh `version_N`, or continue the run a resumed checkpoint belongs to (its curves too).
+
+        The choice is applied to the logger after instantiation, so that the saved config.yaml stays free of it and
+        `--config <run>/config.yaml` starts a new run.
+        """
+        self.run_version = self.purge_step = None
+        logger = config.trainer.logger
+        if not (hasattr(logger, "class_path") and logger.class_path.endswith(("TensorBoardLogger", "CSVLogger"))):
+            return
+        # Only the global rank-0 process chooses; the others follow the folder Lightning broadcasts from it.
+        if logger.init_args.version is not None or rank_zero_only.rank != 0 or os.environ.get("NODE_RANK", "0") != "0":
+            return
+        root = Path(logger.init_args.save_dir) / logger.init_args.name
+        ckpt_path = config.get("ckpt_path")
+        resumed = run_version_of(Path(ckpt_path), root) if self.subcommand == "fit" and ckpt_path else None
+        if resumed is None:
+            try:
+                self.run_version = claim_next_version(root)
+            except OSError as e:
+                raise ArgumentError(
+                    f"log folder {root} is not writable ({e.strerror}): run from a writable folder or pass "
+                    "--trainer.logger.init_args.save_dir DIR"
+                ) from None
+            return
+        self.run_version = resumed
+        if logger.class_path.endswith("TensorBoardLogger"):
+            # Events the run logged after this checkpoint are dropped from the curves, which then continue.
+            self.purge_step = read_checkpoint(Path(ckpt_path))["global_step"]
+        self.save_config_kwargs["overwrite"] = True  # the same run's config, now with its ckpt_path
+        print(f"Resuming {root / f'version_{resumed}'} from {ckpt_path}")
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        if self.run_version is None:
+            return
+        init_args = self.config[self.subcommand].trainer.logger.init_args.as_dict()
+        init_args["version"] = self.run_version
+        if self.purge_step is not None:
+            init_args["purge_step"] = self.purge_step
+        self.trainer.logger = type(self.trainer.logger)(**init_args)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        self._check_checkpoint()
+
+    def _check_checkpoint(self) -> None:
+        """Refuse a checkpoint that is missing, truncated or unsafe to unpickle, before Lightning reads it.
+
+        Lightning builds the model from the checkpoint's own hyperparameters, whatever the config says; when
+        they differ, say so rather than silently train or test another network than the one asked for.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path is None or ckpt_path in SPECIAL_CHECKPOINTS:
+            return
+        checkpoint = read_checkpoint(Path(ckpt_path))
+        differences = architecture_differences(checkpoint, self.config[subcommand].model.as_dict())
+        if differences and rank_zero_only.rank == 0:
+            print(f"note: the network comes from {ckpt_path}: {'; '.join(differences)}", file=sys.stderr)
 
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit"):
@@ -100,10 +171,52 @@ class MNISTLightningCLI(LightningCLI):
         print("\n" + "\n".join(lines))
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that also saves when fit stops early, except on a mistake the user must fix first."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # A diverged model's state is not worth resuming, and must not replace the last good last.ckpt.
+        if not isinstance(exception, UserError):
+            super().on_exception(trainer, pl_module, exception)
+
+
+class ResumeHint(L.Callback):
+    """When `fit` stops early (Ctrl-C, SIGTERM, an error), says where the state was saved and how to resume."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        last = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "save_on_exception", False)]
+        # A UserError explains itself, and before the first step there is nothing to resume.
+        if isinstance(exception, UserError) or trainer.global_step == 0 or not last:
+            return
+        if trainer.state.fn != "fit" or not trainer.is_global_zero:
+            return
+        checkpoint = last[0].format_checkpoint_name({})
+        run = Path(trainer.log_dir or ".")
+        print(
+            f"\nStopped by {type(exception).__name__} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+            f"the state at this moment is saved to {checkpoint}.\nResume with: python -m mnist_lightning fit "
+            f"--config {run / 'config.yaml'} --ckpt_path {checkpoint}",
+            file=sys.stderr,
+        )
+
+
 def cli_main(args: ArgsType = None) -> MNISTLightningCLI | None:
-    """Run the command line; `args` replaces `sys.argv[1:]` (a list of strings or a dict)."""
+    """Run the command line; `args` replaces `sys.argv[1:]` (a list of strings or a dict).
+
+    Errors the user can fix are printed as one line (set MNIST_LIGHTNING_DEBUG=1 for the traceback).
+    """
     try:
-        return MNISTLightningCLI(MNISTClassifier, MNISTDataModule, seed_everything_default=42, args=args)
-    except DataError as e:
+        return MNISTLightningCLI(
+            MNISTClassifier,
+            MNISTDataModule,
+            seed_everything_default=42,
+            trainer_defaults={"callbacks": [ResumeHint()]},
+            args=args,
+        )
+    except UserError as e:
+        if os.environ.get("MNIST_LIGHTNING_DEBUG"):
+            raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except SIGTERMException:
+        raise SystemExit(128 + 15) from None  # ResumeHint has said what to do

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from mnist_lightning.errors import ArgumentError
 from mnist_lightning.sources import DATASETS, DatasetSpec, default_data_dir, ensure_raw_files
 
 SPLIT_SEED = 1234
@@ -74,11 +75,13 @@ class MNISTDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+            raise ArgumentError(f"batch_size must be a positive integer, got {batch_size}")
         if val_size <= 0:
-            raise ValueError(f"val_size must be a positive integer, got {val_size}")
+            raise ArgumentError(f"val_size must be a positive integer, got {val_size}")
         if num_workers < 0:
-            raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+            raise ArgumentError(f"num_workers must be 0 or more, got {num_workers}")
+        # Saved as text: checkpoints hold plain data only, so that they load with torch.load(weights_only=True).
+        data_dir = None if data_dir is None else str(data_dir)
         self.save_hyperparameters()
         self.spec: DatasetSpec = DATASETS[dataset]
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
@@ -98,7 +101,7 @@ class MNISTDataModule(L.LightningDataModule):
         if stage in ("fit", "validate") and self.train_set is None:
             images, labels = self._read_split("train")
             if self.hparams.val_size >= len(labels):
-                raise ValueError(
+                raise ArgumentError(
                     f"val_size={self.hparams.val_size} leaves no training images: the training set has "
                     f"{len(labels)}; pass a smaller --data.val_size"
                 )

@@ -12,6 +12,10 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnist_lightning.errors import ArgumentError, TrainingDiverged
+
+FINITE_CHECK_EVERY = 50
+
 Batch = tuple[Tensor, Tensor]
 
 
@@ -51,13 +55,13 @@ class MNISTClassifier(L.LightningModule):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
         if not hidden_sizes or any(size <= 0 for size in hidden_sizes):
-            raise ValueError(f"hidden_sizes must be a non-empty list of positive widths, got {hidden_sizes}")
+            raise ArgumentError(f"hidden_sizes must be a non-empty list of positive widths, got {hidden_sizes}")
         if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise ArgumentError(f"dropout must be in [0, 1), got {dropout}")
         if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
+            raise ArgumentError(f"lr must be positive, got {lr}")
         if weight_decay < 0:
-            raise ValueError(f"weight_decay must be 0 or more, got {weight_decay}")
+            raise ArgumentError(f"weight_decay must be 0 or more, got {weight_decay}")
         self.save_hyperparameters()
         self.net = build_mlp(input_size, hidden_sizes, num_classes, dropout)
 
@@ -97,6 +101,13 @@ class MNISTClassifier(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss, _ = self._step("train", batch)
+        # Reading the loss waits for the device; on a GPU that costs more than this network's step, so there
+        # the check runs every FINITE_CHECK_EVERY steps, and every step on the CPU, where it is free.
+        if (self.device.type == "cpu" or batch_idx % FINITE_CHECK_EVERY == 0) and not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                "no weights were updated with it and the checkpoints on disk are kept: try a smaller --model.lr"
+            )
         return loss
 
     def on_train_epoch_end(self) -> None:

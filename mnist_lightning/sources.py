@@ -30,6 +30,7 @@ from typing import ClassVar
 import numpy as np
 from torchvision.datasets import MNIST, FashionMNIST
 
+from mnist_lightning.errors import DataError
 from mnist_lightning.idx import idx_format_problem, write_idx
 
 IDX_FILES = (
@@ -39,10 +40,6 @@ IDX_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 VERIFIED_STAMP = ".verified.json"
-
-
-class DataError(RuntimeError):
-    """A problem with the dataset files that the user has to act on; the message says how."""
 
 
 class SourceError(RuntimeError):

@@ -152,6 +152,7 @@ class Dashboard(L.Callback):
             writer._get_file_writer().add_summary(summary)  # what SummaryWriter.add_hparams does, minus a sub-run
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_epoch_clock()  # a run resumed mid-epoch starts without on_train_epoch_start
         writer = self.writer(trainer)
         if writer is None or not self.panels["samples"]:
             return
@@ -162,6 +163,9 @@ class Dashboard(L.Callback):
     # --- training epochs ------------------------------------------------------------------------------------
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_epoch_clock()
+
+    def _start_epoch_clock(self) -> None:
         self.epoch_samples, self.epoch_start, self.training_seconds = 0, time.perf_counter(), None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lightning.cli import cli_main
 from tests.synthetic import cli_command, subprocess_env
@@ -92,21 +94,24 @@ def test_predict_writes_a_csv_row_per_test_image(fitted: tuple[Path, str], synth
     assert correct / len(rows) > 0.8, "the synthetic classes are easy: predictions must mostly be right"
 
 
-def test_resume_continues_from_the_saved_epoch(fitted: tuple[Path, str], synthetic_dir: Path) -> None:
+def test_resume_continues_the_same_run_from_the_saved_epoch(fitted: tuple[Path, str], synthetic_dir: Path) -> None:
     run, _ = fitted
-    workdir = run.parent.parent
-    run_cli(
+    output = run_cli(
         synthetic_dir,
-        workdir,
+        run.parent.parent,
         "fit",
         f"--config={run / 'config.yaml'}",
         f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
         "--trainer.max_epochs=3",
         "--test_after_fit=false",
     )
-    resumed = max((workdir / "lightning_logs").iterdir(), key=lambda path: int(path.name.split("_")[1]))
-    state = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert f"Resuming lightning_logs{os.sep}version_0" in output
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert state["epoch"] == 2 and state["global_step"] == 3 * STEPS_PER_EPOCH
+    events = EventAccumulator(str(run))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("train/loss")]
+    assert steps == [STEPS_PER_EPOCH * epoch - 1 for epoch in (1, 2, 3)], "the curve continues, one point per epoch"
 
 
 def test_print_config_prints_yaml_with_the_overrides(synthetic_mnist: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,9 +12,9 @@ import pytest
 from torchvision.datasets import MNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from mnist_lightning.errors import DataError
 from mnist_lightning.sources import (
     IDX_FILES,
-    DataError,
     DatasetSpec,
     Source,
     SourceError,

@@ -1,0 +1,78 @@
+"""Run folders and checkpoints: claiming `version_N` safely, and checking a checkpoint before anything loads it."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnist_lightning.errors import CheckpointError
+
+# Hyperparameters that decide the shapes of the weights.
+ARCHITECTURE = ("input_size", "hidden_sizes", "num_classes")
+
+
+def claim_next_version(root: Path) -> int:
+    """Create `root/version_N` for the lowest N above every existing one and return N.
+
+    `mkdir` either creates the folder or fails, so two runs started at the same moment never share one.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        taken = [int(m.group(1)) for p in root.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
+        version = max(taken, default=-1) + 1
+        try:
+            (root / f"version_{version}").mkdir()
+            return version
+        except FileExistsError:
+            continue
+
+
+def run_version_of(checkpoint: Path, root: Path) -> int | None:
+    """N when `checkpoint` lies in `root/version_N/checkpoints/`, else None."""
+    folder = checkpoint.resolve().parent
+    match = re.fullmatch(r"version_(\d+)", folder.parent.name)
+    if folder.name == "checkpoints" and match and folder.parent.parent == root.resolve():
+        return int(match.group(1))
+    return None
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint as plain data (`torch.load(weights_only=True)`): a pickle that would run code is refused."""
+    if not path.is_file():
+        raise CheckpointError(f"--ckpt_path {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines()]
+        reason = next((line for line in lines if re.search(r"global|operand|load key", line, re.I)), lines[0])
+        raise CheckpointError(
+            f"--ckpt_path {path} was refused by torch.load(weights_only=True) ({reason}): it is not plain checkpoint "
+            "data, and loading it without that restriction could run code from the file"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(
+            f"--ckpt_path {path} is not a complete checkpoint (truncated, or not written by torch.save): "
+            f"{str(e).splitlines()[0]}"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+def architecture_differences(checkpoint: dict[str, Any], hparams: dict[str, Any]) -> list[str]:
+    """`name: checkpoint value vs this run's value` for each architecture hyperparameter that differs."""
+    saved = checkpoint.get("hyper_parameters", {})
+    return [
+        f"{name}={_plain(saved[name])} in the checkpoint, {_plain(hparams[name])} here"
+        for name in ARCHITECTURE
+        if name in saved and name in hparams and _plain(saved[name]) != _plain(hparams[name])
+    ]
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
