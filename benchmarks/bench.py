@@ -201,7 +201,9 @@ def ratios(summary: dict[str, dict]) -> dict[str, float]:
     if "project" not in summary:
         return {}
     project = summary["project"]["epoch_seconds_median"]
-    return {f"project / {kind}": project / row["epoch_seconds_median"] for kind, row in summary.items()}
+    return {
+        f"project / {kind}": project / row["epoch_seconds_median"] for kind, row in summary.items() if kind != "project"
+    }
 
 
 def markdown_table(summary: dict[str, dict]) -> str:
