@@ -141,6 +141,13 @@ class MNISTLightningCLI(LightningCLI):
         if differences and rank_zero_only.rank == 0:
             print(f"note: the network comes from {ckpt_path}: {'; '.join(differences)}", file=sys.stderr)
 
+    def after_predict(self) -> None:
+        failures = self.datamodule.predict_failures
+        for file, problem in failures:
+            print(f"skipped {file}: {problem}", file=sys.stderr)
+        if failures:
+            raise SystemExit(1)  # the rest were predicted; the exit code says that some were not
+
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit"):
             return

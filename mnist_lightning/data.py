@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mnist_lightning.errors import ArgumentError
+from mnist_lightning.handwriting import read_digit_images
 from mnist_lightning.sources import DATASETS, DatasetSpec, default_data_dir, ensure_raw_files
 
 SPLIT_SEED = 1234
@@ -63,6 +64,8 @@ class MNISTDataModule(L.LightningDataModule):
         batch_size: images per batch in every stage.
         val_size: images of the official training set held out for validation.
         num_workers: DataLoader worker processes; batches are slices of a tensor in memory, so 0 is fastest.
+        predict_path: an image file or a folder of them (your own handwriting, say) for `predict`; by default
+            `predict` runs on the test set.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class MNISTDataModule(L.LightningDataModule):
         batch_size: int = 100,
         val_size: int = 5000,
         num_workers: int = 0,
+        predict_path: str | Path | None = None,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
@@ -82,18 +86,24 @@ class MNISTDataModule(L.LightningDataModule):
             raise ArgumentError(f"num_workers must be 0 or more, got {num_workers}")
         # Saved as text: checkpoints hold plain data only, so that they load with torch.load(weights_only=True).
         data_dir = None if data_dir is None else str(data_dir)
+        predict_path = None if predict_path is None else str(predict_path)
         self.save_hyperparameters()
         self.spec: DatasetSpec = DATASETS[dataset]
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.train_set: InMemoryImages | None = None
         self.val_set: InMemoryImages | None = None
         self.test_set: InMemoryImages | None = None
+        self.predict_set: InMemoryImages | None = None
+        self.predict_files: list[Path] = []
+        self.predict_failures: list[tuple[Path, str]] = []
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.spec.classes
 
     def prepare_data(self) -> None:
+        if self.trainer is not None and self.trainer.predicting and self.hparams.predict_path is not None:
+            return  # own images need no dataset download
         ensure_raw_files(self.spec, self.data_dir)
 
     def setup(self, stage: str) -> None:
@@ -108,8 +118,13 @@ class MNISTDataModule(L.LightningDataModule):
             train_index, val_index = fixed_split(len(labels), self.hparams.val_size)
             self.train_set = InMemoryImages(images[train_index], labels[train_index])
             self.val_set = InMemoryImages(images[val_index], labels[val_index])
-        if stage in ("test", "predict") and self.test_set is None:
+        own_images = stage == "predict" and self.hparams.predict_path is not None
+        if stage in ("test", "predict") and not own_images and self.test_set is None:
             self.test_set = InMemoryImages(*self._read_split("t10k"))
+        if own_images and self.predict_set is None:
+            self.predict_files, images, self.predict_failures = read_digit_images(Path(self.hparams.predict_path))
+            unknown = torch.full((len(images),), -1, dtype=torch.int64)
+            self.predict_set = InMemoryImages(images.to(self._device), unknown.to(self._device))
 
     def _read_split(self, prefix: Literal["train", "t10k"]) -> Batch:
         raw = ensure_raw_files(self.spec, self.data_dir)
@@ -143,7 +158,7 @@ class MNISTDataModule(L.LightningDataModule):
         return self._loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader[Batch]:
-        return self._loader(self.test_set)
+        return self._loader(self.test_set if self.hparams.predict_path is None else self.predict_set)
 
     def _loader(self, dataset: InMemoryImages | None, shuffle: bool = False) -> DataLoader[Batch]:
         if dataset is None:

@@ -1,4 +1,5 @@
-"""`PredictionWriter`: saves what `predict` returns as a CSV file in the run folder."""
+"""`PredictionWriter`: saves what `predict` returns as a CSV file in the run folder (and, for your own images, a
+printed table and a PNG grid of the images as the model saw them)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import matplotlib.pyplot as plt
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from mnist_lightning.visuals import labelled_grid
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes one row per image: index in the dataset, label, predicted label, confidence.
+    """Writes one row per image. For the test set: index, label, predicted label, confidence. For your own images
+    (`--data.predict_path`): file, predicted digit, confidence, top 3, and the problem for files that were skipped.
 
     Args:
         filename: the CSV file's name inside the run folder (with a `-rankN` suffix when several processes predict).
@@ -31,18 +39,55 @@ class PredictionWriter(BasePredictionWriter):
         batch_indices: Sequence[Any],
     ) -> None:
         (indices_per_batch,) = batch_indices  # nested per dataloader; predict uses one
+        indices = [index for batch in indices_per_batch for index in batch]
+        probabilities = torch.cat([output["probabilities"] for output in predictions]).cpu()
         path = self.output_path(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if trainer.datamodule.hparams.get("predict_path"):
+            self._write_own_images(trainer, path, indices, probabilities)
+            return
+        labels = torch.cat([output["label"] for output in predictions]).tolist()
+        confidence, predicted = probabilities.max(dim=-1)
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["index", "label", "prediction", "confidence"])
-            for output, indices in zip(predictions, indices_per_batch, strict=True):
-                confidences = output["probabilities"].max(dim=-1).values.tolist()
-                columns = (indices, output["label"].tolist(), output["prediction"].tolist(), confidences)
-                for index, label, predicted, confidence in zip(*columns, strict=True):
-                    writer.writerow([index, label, predicted, f"{confidence:.6f}"])
-        count = sum(len(indices) for indices in indices_per_batch)
-        rank_zero_info(f"Predictions for {count:,} images written to {path}")
+            for row in zip(indices, labels, predicted.tolist(), confidence.tolist(), strict=True):
+                writer.writerow([*row[:3], f"{row[3]:.6f}"])
+        rank_zero_info(f"Predictions for {len(indices):,} images written to {path}")
+
+    def _write_own_images(self, trainer: L.Trainer, path: Path, indices: list[int], probabilities: Tensor) -> None:
+        """CSV, printed table and a grid of the images as the model saw them, for `--data.predict_path`."""
+        datamodule = trainer.datamodule
+        top = probabilities.topk(3, dim=-1)
+        rows = []
+        for index, values, classes in zip(indices, top.values.tolist(), top.indices.tolist(), strict=True):
+            top3 = " ".join(f"{digit}:{p:.2f}" for digit, p in zip(classes, values, strict=True))
+            rows.append([str(datamodule.predict_files[index]), classes[0], f"{values[0]:.4f}", top3, ""])
+        rows += [[str(file), "", "", "", problem] for file, problem in datamodule.predict_failures]
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "prediction", "confidence", "top3", "problem"])
+            writer.writerows(rows)
+        width = max(len(row[0]) for row in rows)
+        table = [f"{'file':<{width}}  digit  confidence  top 3"]
+        table += [f"{r[0]:<{width}}  {r[1]!s:>5}  {r[2]:>10}  {r[3]}" for r in rows if not r[4]]
+        print("\n".join(table))  # the skipped files are listed at the end, one line each
+        if indices:
+            self._save_grid(trainer, indices, probabilities, path.with_suffix(".png"))
+        rank_zero_info(f"Predictions written to {path}")
+
+    @staticmethod
+    def _save_grid(trainer: L.Trainer, indices: list[int], probabilities: Tensor, path: Path) -> None:
+        images = trainer.datamodule.predict_set.images[indices].float().cpu() / 255
+        confidence, predicted = probabilities.max(dim=-1)
+        captions = [f"{p} ({c:.0%})" for p, c in zip(predicted.tolist(), confidence.tolist(), strict=True)]
+        figure = labelled_grid(images, captions, columns=min(8, len(indices)))
+        figure.suptitle("your images as the model saw them, in the order of the table", fontsize=9)
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure("predictions/own_images", figure, global_step=trainer.global_step)
+        plt.close(figure)
 
     def output_path(self, trainer: L.Trainer) -> Path:
         name = Path(self.filename)

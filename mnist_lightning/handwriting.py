@@ -1,0 +1,101 @@
+"""Digits in your own images (photos, scans, drawings), prepared the way MNIST prepared its own.
+
+MNIST's digits are white ink on black, fitted into 20×20 pixels and placed in a 28×28 field so that their centre of
+mass is in the middle. `mnist_style` does the same to any image of one digit; `read_digit_images` applies it to a
+file or a folder and reports, rather than raises, each file it cannot use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torchvision.transforms.v2 import functional as F
+
+from mnist_lightning.errors import DataError
+
+MAX_PIXELS = 50_000_000
+DIGIT_BOX = 20  # MNIST fits each digit into 20×20 pixels ...
+FIELD = 28  # ... inside a 28×28 field
+MIN_CONTRAST = 32  # grey levels between ink and paper below which an image counts as blank
+
+
+class UnusableImage(Exception):
+    """One file that cannot be predicted; the message says why."""
+
+
+def load_image(path: Path) -> Image.Image:
+    """Open an image file of at most 50 megapixels, flattened onto white if it has transparency."""
+    if path.stat().st_size == 0:
+        raise UnusableImage("empty file (0 bytes)")
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:  # checked on the header, before decoding
+                raise UnusableImage(f"{image.width}×{image.height} pixels is over the 50-megapixel limit")
+            image.load()
+            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                white = Image.new("RGBA", image.size, "white")
+                return Image.alpha_composite(white, image.convert("RGBA"))
+            return image.copy()
+    except UnidentifiedImageError:
+        raise UnusableImage("not an image file (PNG, JPEG, BMP or TIFF)") from None
+    except (OSError, Image.DecompressionBombError, ValueError) as e:
+        raise UnusableImage(f"unreadable image ({e})") from None
+
+
+def mnist_style(image: Image.Image) -> Tensor:
+    """One digit, dark on light or light on dark, any size: a uint8 1×28×28 tensor like an MNIST digit."""
+    grey = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32))
+    border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    paper = border.median()
+    ink = (paper - grey if paper > 127 else grey - paper).clamp(min=0)  # light paper: the ink is the dark part
+    if ink.max() < MIN_CONTRAST:
+        raise UnusableImage("blank image: no ink stands out from the background")
+    ink = ink / ink.max()
+    ink[ink < 0.2] = 0  # paper texture and sensor noise
+    rows, columns = torch.nonzero(ink > 0.35, as_tuple=True)
+    top, bottom, left, right = int(rows.min()), int(rows.max()) + 1, int(columns.min()), int(columns.max()) + 1
+    box = max(bottom - top, right - left)
+    margin = int(0.05 * box)
+    top, left = max(0, top - margin), max(0, left - margin)
+    bottom, right = min(ink.shape[0], bottom + margin), min(ink.shape[1], right + margin)
+    digit = ink[top:bottom, left:right]
+    scale = DIGIT_BOX / box
+    size = [max(1, round(digit.shape[0] * scale)), max(1, round(digit.shape[1] * scale))]
+    digit = F.resize(digit[None], size, antialias=True)[0].clamp(0, 1)
+    return place_by_centre_of_mass(digit)
+
+
+def place_by_centre_of_mass(digit: Tensor) -> Tensor:
+    """Paste an H×W image (values in [0, 1]) into the 28×28 field with its centre of mass in the middle."""
+    digit = digit[:FIELD, :FIELD]
+    mass = digit.sum()
+    centre_y = (digit.sum(dim=1) * torch.arange(digit.shape[0])).sum() / mass
+    centre_x = (digit.sum(dim=0) * torch.arange(digit.shape[1])).sum() / mass
+    middle = (FIELD - 1) / 2
+    top = int(min(max(round(float(middle - centre_y)), 0), FIELD - digit.shape[0]))
+    left = int(min(max(round(float(middle - centre_x)), 0), FIELD - digit.shape[1]))
+    field = torch.zeros(FIELD, FIELD)
+    field[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
+    return (field * 255).round().to(torch.uint8)[None]
+
+
+def read_digit_images(path: Path) -> tuple[list[Path], Tensor, list[tuple[Path, str]]]:
+    """Prepare one image file, or every file in a folder (not its subfolders, not hidden files).
+
+    Returns the files that worked, their N×1×28×28 uint8 images, and (file, reason) for each that did not.
+    """
+    if not path.exists():
+        raise DataError(f"--data.predict_path {path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+    used, images, failures = [], [], []
+    for file in files:
+        try:
+            images.append(mnist_style(load_image(file)))
+            used.append(file)
+        except UnusableImage as e:
+            failures.append((file, str(e)))
+    return used, torch.stack(images) if images else torch.empty(0, 1, FIELD, FIELD, dtype=torch.uint8), failures
