@@ -20,7 +20,13 @@ from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.errors import ArgumentError, UserError
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.predictions import PredictionWriter
-from mnist_lightning.runs import architecture_differences, claim_next_version, read_checkpoint, run_version_of
+from mnist_lightning.runs import (
+    architecture_differences,
+    claim_next_version,
+    read_checkpoint,
+    run_folder,
+    run_version_of,
+)
 from mnist_lightning.visuals import Dashboard
 
 # Values of --ckpt_path that Lightning resolves itself rather than naming a file.
@@ -90,27 +96,31 @@ class MNISTLightningCLI(LightningCLI):
         logger = config.trainer.logger
         if not (hasattr(logger, "class_path") and logger.class_path.endswith(("TensorBoardLogger", "CSVLogger"))):
             return
-        # Only the global rank-0 process chooses; the others follow the folder Lightning broadcasts from it.
-        if logger.init_args.version is not None or rank_zero_only.rank != 0 or os.environ.get("NODE_RANK", "0") != "0":
+        if logger.init_args.version is not None:
             return
         root = Path(logger.init_args.save_dir) / logger.init_args.name
         ckpt_path = config.get("ckpt_path")
         resumed = run_version_of(Path(ckpt_path), root) if self.subcommand == "fit" and ckpt_path else None
-        if resumed is None:
-            try:
-                self.run_version = claim_next_version(root)
-            except OSError as e:
-                raise ArgumentError(
-                    f"log folder {root} is not writable ({e.strerror}): run from a writable folder or pass "
-                    "--trainer.logger.init_args.save_dir DIR"
-                ) from None
+        if resumed is not None:  # every process agrees on this from the command line alone
+            self.run_version = resumed
+            if logger.class_path.endswith("TensorBoardLogger"):
+                # Events the run logged after this checkpoint are dropped from the curves, which then continue.
+                self.purge_step = read_checkpoint(Path(ckpt_path))["global_step"]
+            self.save_config_kwargs["overwrite"] = True  # the same run's config, now with its ckpt_path
+            if rank_zero_only.rank == 0:
+                print(f"Resuming {root / f'version_{resumed}'} from {ckpt_path}")
             return
-        self.run_version = resumed
-        if logger.class_path.endswith("TensorBoardLogger"):
-            # Events the run logged after this checkpoint are dropped from the curves, which then continue.
-            self.purge_step = read_checkpoint(Path(ckpt_path))["global_step"]
-        self.save_config_kwargs["overwrite"] = True  # the same run's config, now with its ckpt_path
-        print(f"Resuming {root / f'version_{resumed}'} from {ckpt_path}")
+        # A fresh folder is claimed by the global rank-0 process only; the others follow the folder Lightning
+        # broadcasts from it.
+        if rank_zero_only.rank != 0 or os.environ.get("NODE_RANK", "0") != "0":
+            return
+        try:
+            self.run_version = claim_next_version(root)
+        except OSError as e:
+            raise ArgumentError(
+                f"log folder {root} is not writable ({e.strerror}): run from a writable folder or pass "
+                "--trainer.logger.init_args.save_dir DIR"
+            ) from None
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
@@ -161,18 +171,18 @@ class MNISTLightningCLI(LightningCLI):
 
     @rank_zero_only
     def _print_fit_summary(self, best_path: str, best_val_acc: float | None, test_acc: float) -> None:
-        run_folder = Path(self.trainer.log_dir or ".")
+        run = run_folder(self.trainer)
         lines = []
         if best_path:
             lines.append(f"Best checkpoint   {best_path}")
         if best_val_acc is not None:
             lines.append(f"  val accuracy    {best_val_acc:.4f}")
         lines.append(f"Test accuracy     {test_acc:.4f}")
-        lines.append(f"Run folder        {run_folder}")
-        lines.append(f"TensorBoard       tensorboard --logdir {run_folder.parent}")
+        lines.append(f"Run folder        {run}")
+        lines.append(f"TensorBoard       tensorboard --logdir {run.parent}")
         if best_path:
             lines.append(
-                f"Test it again     python -m mnist_lightning test --config {run_folder / 'config.yaml'} "
+                f"Test it again     python -m mnist_lightning test --config {run / 'config.yaml'} "
                 f"--ckpt_path {best_path}"
             )
         print("\n" + "\n".join(lines))
@@ -198,7 +208,7 @@ class ResumeHint(L.Callback):
         if trainer.state.fn != "fit" or not trainer.is_global_zero:
             return
         checkpoint = last[0].format_checkpoint_name({})
-        run = Path(trainer.log_dir or ".")
+        run = run_folder(trainer)
         print(
             f"\nStopped by {type(exception).__name__} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
             f"the state at this moment is saved to {checkpoint}.\nResume with: python -m mnist_lightning fit "

@@ -8,7 +8,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mnist_lightning.errors import CheckpointError
 
@@ -76,3 +78,16 @@ def architecture_differences(checkpoint: dict[str, Any], hparams: dict[str, Any]
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def run_folder(trainer: L.Trainer) -> Path:
+    """The run's folder, as `trainer.log_dir` gives it but without its broadcast: safe to call on rank 0 alone.
+
+    (`trainer.log_dir` is a collective call; made by one process of several, it waits for the others forever.)
+    """
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+        return Path(logger.log_dir)
+    return Path(logger.save_dir or trainer.default_root_dir)

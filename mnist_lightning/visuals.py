@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 import time
-from pathlib import Path
 
 import lightning as L
 import matplotlib
@@ -25,6 +24,8 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
+
+from mnist_lightning.runs import run_folder
 
 Batch = tuple[Tensor, Tensor]
 
@@ -120,7 +121,7 @@ class Dashboard(L.Callback):
 
     @staticmethod
     def save_png(trainer: L.Trainer, figure: Figure, name: str) -> None:
-        path = Path(trainer.log_dir or ".") / name
+        path = run_folder(trainer) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=110, bbox_inches="tight")
 
@@ -178,7 +179,8 @@ class Dashboard(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.panels["throughput"] and self.epoch_samples:
             seconds = self.training_seconds or time.perf_counter() - self.epoch_start
-            pl_module.log("train/samples_per_sec", self.epoch_samples / seconds)
+            # Each process counts its own share of the epoch: the run's throughput is their sum.
+            pl_module.log("train/samples_per_sec", self.epoch_samples / seconds, sync_dist=True, reduce_fx="sum")
         writer = self.writer(trainer)
         if writer is None:
             return

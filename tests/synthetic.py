@@ -2,7 +2,7 @@
 
 Each class is a fixed random pattern plus per-image noise, so a small MLP learns it in a few steps and every image
 is distinct. The real MNIST digests are replaced by the synthetic files' own, in this process or in a subprocess
-started with `cli_command()`.
+started with `cli_command()` (see tests/site/sitecustomize.py).
 """
 
 from __future__ import annotations
@@ -55,14 +55,14 @@ def trust_synthetic_mnist(data_dir: Path) -> None:
 
 
 def cli_command(data_dir: Path, *args: str) -> list[str]:
-    """`python -m mnist_lightning ARGS` in a fresh process that trusts the synthetic data in `data_dir`."""
-    program = (
-        "import sys; from tests.synthetic import trust_synthetic_mnist; "
-        "trust_synthetic_mnist(sys.argv.pop(1)); "
-        "from mnist_lightning.cli import cli_main; cli_main()"
-    )
-    return [sys.executable, "-c", program, str(data_dir), *args, f"--data.data_dir={data_dir}"]
+    """`python -m mnist_lightning ARGS` in a fresh process that accepts the synthetic data in `data_dir` as MNIST.
+
+    Run it with `env=subprocess_env()`, which puts tests/site/sitecustomize.py on the path.
+    """
+    variable = f"MNIST_LIGHTNING_TEST_SYNTHETIC={data_dir}"
+    return ["env", variable, sys.executable, "-m", "mnist_lightning", *args, f"--data.data_dir={data_dir}"]
 
 
 def subprocess_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+    path = os.pathsep.join([str(REPO_ROOT / "tests" / "site"), str(REPO_ROOT)])
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}

@@ -255,6 +255,7 @@ class PoisonedAt25(MNISTClassifier):
             self.net[1].weight.data.fill_(float("inf"))
 
 
+@pytest.mark.filterwarnings("ignore:Encountered `nan` values")  # torchmetrics, about the poisoned step
 def test_divergence_stops_at_once_naming_the_step_and_keeps_the_last_good_checkpoint(
     synthetic_mnist: Path, tmp_path: Path
 ) -> None:
