@@ -10,7 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
@@ -21,6 +20,8 @@ from mnist_lightning.errors import ArgumentError, UserError
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.predictions import PredictionWriter
 from mnist_lightning.runs import (
+    LastCheckpoint,
+    ResumeHint,
     architecture_differences,
     claim_next_version,
     read_checkpoint,
@@ -186,35 +187,6 @@ class MNISTLightningCLI(LightningCLI):
                 f"--ckpt_path {best_path}"
             )
         print("\n" + "\n".join(lines))
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that also saves when fit stops early, except on a mistake the user must fix first."""
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # A diverged model's state is not worth resuming, and must not replace the last good last.ckpt.
-        if not isinstance(exception, UserError):
-            super().on_exception(trainer, pl_module, exception)
-
-
-class ResumeHint(L.Callback):
-    """When `fit` stops early (Ctrl-C, SIGTERM, an error), says where the state was saved and how to resume."""
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        last = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "save_on_exception", False)]
-        # A UserError explains itself, and before the first step there is nothing to resume.
-        if isinstance(exception, UserError) or trainer.global_step == 0 or not last:
-            return
-        if trainer.state.fn != "fit" or not trainer.is_global_zero:
-            return
-        checkpoint = last[0].format_checkpoint_name({})
-        run = run_folder(trainer)
-        print(
-            f"\nStopped by {type(exception).__name__} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-            f"the state at this moment is saved to {checkpoint}.\nResume with: python -m mnist_lightning fit "
-            f"--config {run / 'config.yaml'} --ckpt_path {checkpoint}",
-            file=sys.stderr,
-        )
 
 
 def cli_main(args: ArgsType = None) -> MNISTLightningCLI | None:

@@ -1,18 +1,21 @@
-"""Run folders and checkpoints: claiming `version_N` safely, and checking a checkpoint before anything loads it."""
+"""Run folders and checkpoints: claiming `version_N` safely, checking a checkpoint before anything loads it, and
+saving and resuming when a run stops early."""
 
 from __future__ import annotations
 
 import pickle
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from mnist_lightning.errors import CheckpointError
+from mnist_lightning.errors import CheckpointError, UserError
 
 # Hyperparameters that decide the shapes of the weights.
 ARCHITECTURE = ("input_size", "hidden_sizes", "num_classes")
@@ -91,3 +94,32 @@ def run_folder(trainer: L.Trainer) -> Path:
     if isinstance(logger, (TensorBoardLogger, CSVLogger)):
         return Path(logger.log_dir)
     return Path(logger.save_dir or trainer.default_root_dir)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that also saves when fit stops early, except on a mistake the user must fix first."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # A diverged model's state is not worth resuming, and must not replace the last good last.ckpt.
+        if not isinstance(exception, UserError):
+            super().on_exception(trainer, pl_module, exception)
+
+
+class ResumeHint(L.Callback):
+    """When `fit` stops early (Ctrl-C, SIGTERM, an error), says where the state was saved and how to resume."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        last = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "save_on_exception", False)]
+        # A UserError explains itself, and before the first step there is nothing to resume.
+        if isinstance(exception, UserError) or trainer.global_step == 0 or not last:
+            return
+        if trainer.state.fn != "fit" or not trainer.is_global_zero:
+            return
+        checkpoint = last[0].format_checkpoint_name({})
+        run = run_folder(trainer)
+        print(
+            f"\nStopped by {type(exception).__name__} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+            f"the state at this moment is saved to {checkpoint}.\nResume with: python -m mnist_lightning fit "
+            f"--config {run / 'config.yaml'} --ckpt_path {checkpoint}",
+            file=sys.stderr,
+        )

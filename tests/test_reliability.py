@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from mnist_lightning import MNISTClassifier, MNISTDataModule
-from mnist_lightning.cli import LastCheckpoint, cli_main
+from mnist_lightning.cli import cli_main
 from mnist_lightning.errors import TrainingDiverged
-from mnist_lightning.runs import read_checkpoint
+from mnist_lightning.runs import LastCheckpoint, read_checkpoint
 from mnist_lightning.sources import DATASETS
 from tests.synthetic import cli_command, subprocess_env
 
