@@ -5,6 +5,8 @@
 3. `project`: `python -m mnist_lightning fit` with configs/seed.yaml and its default logging and checkpointing.
 4. `project-no-visuals`: the same with every panel of mnist_lightning.visuals.Dashboard switched off, to show
    what the panels cost.
+5. `lightning-bare` (only with `--kinds`): the project's model and data in a plain `Trainer` with logger,
+   checkpoints, progress bar and model summary off: Lightning's own per-step cost.
 
 Each is the same 784-100-10 MLP, Adam lr 1e-3, batch 100, on the 55,000 / 5,000 split; an epoch is training
 plus validation. Every run is a separate process; the kinds alternate, repeated. Writes a Markdown table and a
@@ -28,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 KINDS = ("starting-point", "raw-loop", "project", "project-no-visuals")
+EXTRA_KINDS = ("lightning-bare",)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +45,9 @@ def run_child(kind: str, epochs: int, seed: int, data_dir: str, launched_at: flo
     from mnist_lightning.visuals import Dashboard
 
     epoch_seconds: list[float] = []
-    if kind.startswith("project"):
+    if kind == "lightning-bare":
+        test_accuracy, first_epoch_start = _bare_lightning_fit(epochs, seed, data_dir, epoch_seconds)
+    elif kind.startswith("project"):
         extra = [f"--dashboard.{panel}=false" for panel in Dashboard().panels] if kind == "project-no-visuals" else []
         test_accuracy, first_epoch_start = _project_fit(epochs, seed, data_dir, epoch_seconds, extra)
     else:
@@ -120,16 +125,9 @@ def _in_memory_batches(data_dir: str):
     return (lambda: batches(*train, shuffle=True)), (lambda: batches(*val)), (lambda: batches(*test))
 
 
-def _project_fit(
-    epochs: int, seed: int, data_dir: str, epoch_seconds: list[float], extra_args: list[str]
-) -> tuple[float, float]:
-    import tempfile
-
-    import lightning as L
-
-    from mnist_lightning.cli import MNISTLightningCLI
-    from mnist_lightning.data import MNISTDataModule
-    from mnist_lightning.model import MNISTClassifier
+def epoch_timer(epoch_seconds: list[float]):
+    """A callback appending each training epoch's seconds, validation included (it runs before the epoch ends)."""
+    import lightning as L  # imported in the children only
 
     class EpochTimer(L.Callback):
         first_start = 0.0
@@ -139,9 +137,35 @@ def _project_fit(
             self.first_start = self.first_start or time.time()
 
         def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            epoch_seconds.append(time.perf_counter() - self.start)  # validation runs before this hook
+            epoch_seconds.append(time.perf_counter() - self.start)
 
-    timer = EpochTimer()
+    return EpochTimer()
+
+
+def _bare_lightning_fit(epochs: int, seed: int, data_dir: str, epoch_seconds: list[float]) -> tuple[float, float]:
+    import lightning as L
+
+    from mnist_lightning import MNISTClassifier, MNISTDataModule
+
+    L.seed_everything(seed, verbose=False)
+    timer = epoch_timer(epoch_seconds)
+    off = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    trainer = L.Trainer(max_epochs=epochs, callbacks=[timer], enable_model_summary=False, **off)
+    trainer.fit(MNISTClassifier(), MNISTDataModule(data_dir=data_dir))
+    test_accuracy = trainer.test(trainer.lightning_module, datamodule=trainer.datamodule, verbose=False)[0]["test/acc"]
+    return test_accuracy, timer.first_start
+
+
+def _project_fit(
+    epochs: int, seed: int, data_dir: str, epoch_seconds: list[float], extra_args: list[str]
+) -> tuple[float, float]:
+    import tempfile
+
+    from mnist_lightning.cli import MNISTLightningCLI
+    from mnist_lightning.data import MNISTDataModule
+    from mnist_lightning.model import MNISTClassifier
+
+    timer = epoch_timer(epoch_seconds)
     config = REPO_ROOT / "configs" / "seed.yaml"
     with tempfile.TemporaryDirectory() as workdir:
         args = ["fit", f"--config={config}", f"--trainer.max_epochs={epochs}", f"--seed_everything={seed}"]
@@ -246,9 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each pipeline, alternating; seeds 42, 43, ...")
     parser.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", default=None, help="MNIST data folder (default: the project's cache)")
-    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--kinds", nargs="+", choices=KINDS + EXTRA_KINDS, default=list(KINDS))
     parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="folder for the JSON and Markdown")
-    parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=KINDS + EXTRA_KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--launched-at", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
