@@ -61,10 +61,10 @@ class MNISTLightningCLI(LightningCLI):
                 "last_checkpoint.filename": "last",
                 "last_checkpoint.monitor": None,
                 "last_checkpoint.enable_version_counter": False,
+                "last_checkpoint.save_on_exception": True,  # Ctrl-C, SIGTERM: keep the state of that moment
                 # Redrawing the bar after every step costs more than a training step of this small network.
                 "progress_bar.refresh_rate": 50,
                 "trainer.max_epochs": 20,
-                "last_checkpoint.save_on_exception": True,
                 "trainer.logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": ".", "default_hp_metric": False},

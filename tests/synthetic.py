@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,3 +68,17 @@ def cli_command(data_dir: Path, *args: str) -> list[str]:
 def subprocess_env() -> dict[str, str]:
     path = os.pathsep.join([str(REPO_ROOT / "tests" / "site"), str(REPO_ROOT)])
     return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli(data_dir: Path, cwd: Path, *args: str) -> str:
+    """Run `cli_command(data_dir, *args)` in `cwd`, require success, and return everything it printed."""
+    result = subprocess.run(
+        cli_command(data_dir, *args), cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def printed_test_accuracy(output: str) -> str:
+    """The last test/acc in Lightning's printed results table, as printed."""
+    return re.findall(r"test/acc\s+([0-9.]+)", output)[-1]

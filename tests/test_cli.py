@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lightning.cli import cli_main
-from tests.synthetic import cli_command, subprocess_env
+from tests.synthetic import printed_test_accuracy, run_cli
 
 # 1,000 training images in batches of 50: 20 steps per epoch.
 SMALL_RUN = ["--data.val_size=200", "--data.batch_size=50", "--model.hidden_sizes=[32]", "--trainer.max_epochs=2"]
@@ -26,18 +25,6 @@ STEPS_PER_EPOCH = 20
 def no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process runs take their arguments from `cli_main(args)`, never from pytest's own command line."""
     monkeypatch.setattr(sys, "argv", ["mnist-lightning"])
-
-
-def run_cli(data_dir: Path, cwd: Path, *args: str) -> str:
-    result = subprocess.run(
-        cli_command(data_dir, *args), cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
-def printed_test_accuracy(output: str) -> str:
-    return re.findall(r"test/acc\s+([0-9.]+)", output)[-1]
 
 
 @pytest.fixture(scope="module")
