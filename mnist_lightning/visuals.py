@@ -61,6 +61,30 @@ def weight_images(weights: Tensor, columns: int = 8) -> Tensor:
     return make_grid(scaled.view(-1, 1, 28, 28), nrow=columns, padding=1)
 
 
+def write_histogram(writer: SummaryWriter, tag: str, values: Tensor, step: int, bins: int = 64) -> None:
+    """`writer.add_histogram`, with the buckets counted by torch.
+
+    `add_histogram` computes a sum of squares with numpy's `dot`, which wakes OpenBLAS's thread pool; its threads
+    then spin beside torch's on this 2-core machine and slowed the following training steps by ~10 % (measured:
+    550-step epochs at 590 it/s without histograms, 520 it/s with `add_histogram`).
+    """
+    values = values.float().flatten().cpu()
+    low, high = values.min().item(), values.max().item()
+    counts = torch.histc(values, bins=bins, min=low, max=high)
+    limits = torch.linspace(low, high, bins + 1)[1:]
+    writer.add_histogram_raw(
+        tag,
+        min=low,
+        max=high,
+        num=values.numel(),
+        sum=values.sum().item(),
+        sum_squares=values.square().sum().item(),
+        bucket_limits=limits.tolist(),
+        bucket_counts=counts.tolist(),
+        global_step=step,
+    )
+
+
 class Dashboard(L.Callback):
     """What the model learned, in TensorBoard, at epoch ends only and from global rank 0 only.
 
@@ -191,7 +215,7 @@ class Dashboard(L.Callback):
             writer.add_image("weights/first_layer", weight_images(weights), global_step=step)
         if self.panels["histograms"]:
             for name, parameter in pl_module.named_parameters():
-                writer.add_histogram(f"parameters/{name}", parameter.detach().cpu(), global_step=step)
+                write_histogram(writer, f"parameters/{name}", parameter.detach(), step)
 
     # --- validation and test --------------------------------------------------------------------------------
 
