@@ -106,7 +106,7 @@ class MNISTLightningCLI(LightningCLI):
             self.run_version = resumed
             if logger.class_path.endswith("TensorBoardLogger"):
                 # Events the run logged after this checkpoint are dropped from the curves, which then continue.
-                self.purge_step = read_checkpoint(Path(ckpt_path))["global_step"]
+                self.purge_step = self.checkpoint["global_step"]
             self.save_config_kwargs["overwrite"] = True  # the same run's config, now with its ckpt_path
             if rank_zero_only.rank == 0:
                 print(f"Resuming {root / f'version_{resumed}'} from {ckpt_path}")
@@ -143,12 +143,13 @@ class MNISTLightningCLI(LightningCLI):
         Lightning builds the model from the checkpoint's own hyperparameters, whatever the config says; when
         they differ, say so rather than silently train or test another network than the one asked for.
         """
+        self.checkpoint: dict | None = None  # kept for _choose_run_folder, which needs its step when resuming
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path is None or ckpt_path in SPECIAL_CHECKPOINTS:
             return
-        checkpoint = read_checkpoint(Path(ckpt_path))
-        differences = architecture_differences(checkpoint, self.config[subcommand].model.as_dict())
+        self.checkpoint = read_checkpoint(Path(ckpt_path))
+        differences = architecture_differences(self.checkpoint, self.config[subcommand].model.as_dict())
         if differences and rank_zero_only.rank == 0:
             print(f"note: the network comes from {ckpt_path}: {'; '.join(differences)}", file=sys.stderr)
 
