@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -19,12 +20,19 @@ FINITE_CHECK_EVERY = 50
 Batch = tuple[Tensor, Tensor]
 
 
-def build_mlp(input_size: int, hidden_sizes: Sequence[int], num_classes: int, dropout: float) -> nn.Sequential:
-    """Flatten, then Linear → ReLU (→ Dropout) for each hidden size, then a Linear layer to the class logits."""
+def build_mlp(
+    input_size: int, hidden_sizes: Sequence[int], num_classes: int, dropout: float, batch_norm: bool = False
+) -> nn.Sequential:
+    """Flatten, then Linear (→ BatchNorm) → ReLU (→ Dropout) for each hidden size, then a Linear layer to the
+    class logits."""
     widths = [input_size, *hidden_sizes]
     layers: list[nn.Module] = [nn.Flatten()]
     for in_features, out_features in itertools.pairwise(widths):
-        layers += [nn.Linear(in_features, out_features), nn.ReLU()]
+        if batch_norm:  # the normalization has its own shift, which makes the Linear layer's bias redundant
+            layers += [nn.Linear(in_features, out_features, bias=False), nn.BatchNorm1d(out_features)]
+        else:
+            layers.append(nn.Linear(in_features, out_features))
+        layers.append(nn.ReLU())
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(widths[-1], num_classes))
@@ -32,13 +40,18 @@ def build_mlp(input_size: int, hidden_sizes: Sequence[int], num_classes: int, dr
 
 
 class MNISTClassifier(L.LightningModule):
-    """A multilayer perceptron trained with cross-entropy and Adam.
+    """A multilayer perceptron trained with cross-entropy and Adam (or AdamW).
 
     Args:
         hidden_sizes: width of each hidden layer; `[100]` is the classic 784-100-10 network.
         dropout: dropout probability after each hidden layer (0 turns it off).
-        lr: Adam's learning rate.
-        weight_decay: L2 penalty added by Adam (0 turns it off).
+        batch_norm: batch normalization between each hidden Linear layer and its ReLU.
+        lr: the optimizer's learning rate (with a schedule, its peak).
+        weight_decay: with `adam`, an L2 penalty added to the gradient; with `adamw`, decoupled weight decay.
+        optimizer: `adam` or `adamw`.
+        lr_schedule: `constant`; `one_cycle` (warm up to `lr` over the first 30 % of the steps, then anneal to
+            almost 0); or `cosine` (from `lr` down to 0). Both schedules step every batch and span the whole fit.
+        label_smoothing: share of the target probability spread evenly over all classes (0 turns it off).
         input_size: pixels per image.
         num_classes: number of output classes.
     """
@@ -47,8 +60,12 @@ class MNISTClassifier(L.LightningModule):
         self,
         hidden_sizes: Sequence[int] = (100,),
         dropout: float = 0.0,
+        batch_norm: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        optimizer: Literal["adam", "adamw"] = "adam",
+        lr_schedule: Literal["constant", "one_cycle", "cosine"] = "constant",
+        label_smoothing: float = 0.0,
         input_size: int = 28 * 28,
         num_classes: int = 10,
     ) -> None:
@@ -62,8 +79,10 @@ class MNISTClassifier(L.LightningModule):
             raise ArgumentError(f"lr must be positive, got {lr}")
         if weight_decay < 0:
             raise ArgumentError(f"weight_decay must be 0 or more, got {weight_decay}")
+        if not 0 <= label_smoothing < 1:
+            raise ArgumentError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.save_hyperparameters()
-        self.net = build_mlp(input_size, hidden_sizes, num_classes, dropout)
+        self.net = build_mlp(input_size, hidden_sizes, num_classes, dropout, batch_norm)
 
         # One metric object per stage. validate_args=False skips per-step input checks that cost more than this
         # small network's forward pass.
@@ -85,7 +104,7 @@ class MNISTClassifier(L.LightningModule):
     def _step(self, stage: str, batch: Batch) -> tuple[Tensor, Tensor]:
         images, labels = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         getattr(self, f"{stage}_loss").update(loss.detach())
         getattr(self, f"{stage}_acc").update(logits.detach(), labels)
         return loss, logits
@@ -138,8 +157,17 @@ class MNISTClassifier(L.LightningModule):
         probabilities = self(images).softmax(dim=-1)
         return {"label": labels, "prediction": probabilities.argmax(dim=-1), "probabilities": probabilities}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.hparams.optimizer]
         # The fused implementation updates all parameters in one kernel: the same algorithm, fewer Python steps.
-        return torch.optim.Adam(
+        optimizer = optimizer_class(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=True
         )
+        if self.hparams.lr_schedule == "constant":
+            return {"optimizer": optimizer}
+        steps = self.trainer.estimated_stepping_batches
+        if self.hparams.lr_schedule == "one_cycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=steps)
+        else:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

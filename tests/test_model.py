@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from mnist_lightning import MNISTClassifier
 
@@ -27,8 +29,12 @@ def test_hyperparameters_are_saved() -> None:
     assert dict(model.hparams) == {
         "hidden_sizes": [64],
         "dropout": 0.25,
+        "batch_norm": False,
         "lr": 3e-4,
         "weight_decay": 1e-5,
+        "optimizer": "adam",
+        "lr_schedule": "constant",
+        "label_smoothing": 0.0,
         "input_size": 784,
         "num_classes": 10,
     }
@@ -38,7 +44,7 @@ def test_a_tiny_batch_can_be_overfit() -> None:
     torch.manual_seed(0)
     model = MNISTClassifier(hidden_sizes=[64], lr=1e-2)
     images, labels = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
-    optimizer = model.configure_optimizers()
+    optimizer = model.configure_optimizers()["optimizer"]
     for _ in range(100):
         optimizer.zero_grad()
         loss = F.cross_entropy(model(images), labels)
@@ -66,8 +72,50 @@ def test_predict_step_returns_classes_and_probabilities() -> None:
         ({"dropout": -0.1}, "dropout"),
         ({"lr": 0}, "lr"),
         ({"weight_decay": -1}, "weight_decay"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
     ],
 )
 def test_invalid_hyperparameters_are_refused_with_their_name(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MNISTClassifier(**kwargs)
+
+
+def test_batch_norm_sits_between_each_hidden_linear_layer_and_its_activation() -> None:
+    model = MNISTClassifier(hidden_sizes=[32, 16], batch_norm=True, dropout=0.1)
+    kinds = [type(layer).__name__ for layer in model.net]
+    assert kinds == ["Flatten"] + ["Linear", "BatchNorm1d", "ReLU", "Dropout"] * 2 + ["Linear"]
+    assert model.net[1].bias is None, "BatchNorm's shift replaces the bias"
+
+
+def test_label_smoothing_is_the_training_loss() -> None:
+    model = MNISTClassifier(hidden_sizes=[8], label_smoothing=0.1)
+    images, labels = torch.randn(6, 1, 28, 28), torch.arange(6)
+    loss = model.training_step((images, labels), 0)
+    torch.testing.assert_close(loss, F.cross_entropy(model(images), labels, label_smoothing=0.1))
+    assert not torch.allclose(loss, F.cross_entropy(model(images), labels))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "peak_step"),
+    [("constant", None), ("one_cycle", 0.3), ("cosine", 0.0)],
+)
+def test_learning_rate_schedules_span_the_whole_fit(schedule: str, peak_step: float | None) -> None:
+    rates: list[float] = []
+
+    class RecordRate(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    model = MNISTClassifier(hidden_sizes=[8], optimizer="adamw", lr=0.01, lr_schedule=schedule)
+    batches = DataLoader(TensorDataset(torch.randn(40, 784), torch.arange(40) % 10), batch_size=4)
+    trainer = L.Trainer(max_epochs=2, callbacks=[RecordRate()], logger=False, enable_checkpointing=False)
+    trainer.fit(model, train_dataloaders=batches)
+
+    assert isinstance(trainer.optimizers[0], torch.optim.AdamW)
+    assert len(rates) == 20
+    if peak_step is None:
+        assert rates == [0.01] * 20
+        return
+    assert max(rates) == pytest.approx(0.01, rel=0.01)
+    assert abs(rates.index(max(rates)) - peak_step * 19) <= 1
+    assert rates[-1] < 0.001, "annealed by the last step"
