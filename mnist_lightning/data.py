@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from mnist_lightning.augment import Distortion
 from mnist_lightning.errors import ArgumentError
 from mnist_lightning.handwriting import read_digit_images
 from mnist_lightning.sources import DATASETS, DatasetSpec, default_data_dir, ensure_raw_files
@@ -66,6 +67,9 @@ class MNISTDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes; batches are slices of a tensor in memory, so 0 is fastest.
         predict_path: an image file or a folder of them (your own handwriting, say) for `predict`; by default
             `predict` runs on the test set.
+        rotation, zoom, shift, elastic_alpha, elastic_sigma: random distortion of each training image, applied to
+            whole batches on their device (see `mnist_lightning.augment.Distortion`); all 0 by default.
+            Validation, test and predict images are never distorted.
     """
 
     def __init__(
@@ -76,6 +80,11 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: int = 5000,
         num_workers: int = 0,
         predict_path: str | Path | None = None,
+        rotation: float = 0.0,
+        zoom: float = 0.0,
+        shift: float = 0.0,
+        elastic_alpha: float = 0.0,
+        elastic_sigma: float = 4.0,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
@@ -84,12 +93,20 @@ class MNISTDataModule(L.LightningDataModule):
             raise ArgumentError(f"val_size must be a positive integer, got {val_size}")
         if num_workers < 0:
             raise ArgumentError(f"num_workers must be 0 or more, got {num_workers}")
+        for name, value in [("rotation", rotation), ("zoom", zoom), ("shift", shift), ("elastic_alpha", elastic_alpha)]:
+            if value < 0:
+                raise ArgumentError(f"{name} must be 0 or more (0 turns it off), got {value}")
+        if zoom >= 1:
+            raise ArgumentError(f"zoom must be below 1 (0.1 means 90-110 % of the size), got {zoom}")
+        if elastic_sigma <= 0:
+            raise ArgumentError(f"elastic_sigma must be positive (Simard et al. used 4), got {elastic_sigma}")
         # Saved as text: checkpoints hold plain data only, so that they load with torch.load(weights_only=True).
         data_dir = None if data_dir is None else str(data_dir)
         predict_path = None if predict_path is None else str(predict_path)
         self.save_hyperparameters()
         self.spec: DatasetSpec = DATASETS[dataset]
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
+        self.distortion = Distortion(rotation, zoom, shift, elastic_alpha, elastic_sigma)
         self.train_set: InMemoryImages | None = None
         self.val_set: InMemoryImages | None = None
         self.test_set: InMemoryImages | None = None
@@ -146,6 +163,10 @@ class MNISTDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         images, labels = batch
+        if self.distortion.enabled and self.trainer is not None and self.trainer.training:
+            # Distorted on the 0-1 scale, where the background is 0 (what grid_sample fills in at the edges).
+            distorted = self.distortion(images.float().div_(255))
+            return distorted.sub_(self.spec.mean).div_(self.spec.std), labels
         return self.normalize(images), labels
 
     def train_dataloader(self) -> DataLoader[Batch]:
