@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -125,7 +126,8 @@ class MNISTLightningCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
-        if self.run_version is None:
+        # (With --trainer.fast_dev_run, Lightning has swapped the configured logger for a dummy that logs nothing.)
+        if self.run_version is None or not isinstance(self.trainer.logger, (TensorBoardLogger, CSVLogger)):
             return
         init_args = self.config[self.subcommand].trainer.logger.init_args.as_dict()
         init_args["version"] = self.run_version

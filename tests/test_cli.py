@@ -14,7 +14,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lightning.cli import cli_main
-from tests.synthetic import printed_test_accuracy, run_cli
+from tests.synthetic import REPO_ROOT, printed_test_accuracy, run_cli
 
 # 1,000 training images in batches of 50: 20 steps per epoch.
 SMALL_RUN = ["--data.val_size=200", "--data.batch_size=50", "--model.hidden_sizes=[32]", "--trainer.max_epochs=2"]
@@ -114,8 +114,27 @@ def test_the_seed_config_is_the_starting_point(capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit):
         cli_main(["fit", "--config=configs/seed.yaml", "--print_config"])
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["model"]["hidden_sizes"] == [100] and config["model"]["lr"] == 0.001
-    assert config["data"]["batch_size"] == 100 and config["trainer"]["max_epochs"] == 20
+    model, data = config["model"], config["data"]
+    assert model["hidden_sizes"] == [100] and model["lr"] == 0.001 and model["optimizer"] == "adam"
+    assert data["batch_size"] == 100 and config["trainer"]["max_epochs"] == 20
+    # Nothing the presets add is on.
+    assert (model["dropout"], model["weight_decay"], model["label_smoothing"]) == (0, 0, 0)
+    assert model["lr_schedule"] == "constant" and model["batch_norm"] is False
+    assert all(data[name] == 0 for name in ("rotation", "zoom", "shift", "elastic_alpha"))
+
+
+@pytest.mark.parametrize("preset", ["seed", "fast", "strong"])
+def test_each_preset_loads_and_trains_a_step(
+    preset: str, synthetic_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = REPO_ROOT / "configs" / f"{preset}.yaml"
+    data = [f"--data.data_dir={synthetic_mnist}", "--data.val_size=200"]
+    cli = cli_main(["fit", f"--config={config}", *data, "--trainer.fast_dev_run=1"])
+    assert cli.trainer.global_step == 1
+    written = yaml.safe_load(config.read_text())
+    assert {name: cli.model.hparams[name] for name in written["model"]} == written["model"]
+    assert cli.datamodule.distortion.enabled == (preset == "strong")
 
 
 @pytest.mark.parametrize(
