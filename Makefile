@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test fit bench clean
+.PHONY: install test fit bench bench-accuracy clean
 
 install: $(STAMP)
 
@@ -28,3 +28,7 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+
+# The presets in configs/ over three seeds each: about 35 minutes on 2 cores, most of it configs/strong.yaml.
+bench-accuracy: $(STAMP)
+	$(BIN)/python benchmarks/accuracy.py
