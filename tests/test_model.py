@@ -95,6 +95,7 @@ def test_label_smoothing_is_the_training_loss() -> None:
     assert not torch.allclose(loss, F.cross_entropy(model(images), labels))
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 @pytest.mark.parametrize(
     ("schedule", "peak_step"),
     [("constant", None), ("one_cycle", 0.3), ("cosine", 0.0)],
