@@ -126,17 +126,22 @@ def _in_memory_batches(data_dir: str):
 
 
 def epoch_timer(epoch_seconds: list[float]):
-    """A callback appending each training epoch's seconds, validation included (it runs before the epoch ends)."""
+    """A callback appending each training epoch's seconds, from its start to the next epoch's start (or the end of
+    training): validation, every callback's epoch-end work and the checkpoints are included."""
     import lightning as L  # imported in the children only
 
     class EpochTimer(L.Callback):
         first_start = 0.0
 
         def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            self.start = time.perf_counter()
-            self.first_start = self.first_start or time.time()
+            now = time.perf_counter()
+            if self.first_start:
+                epoch_seconds.append(now - self.start)
+            else:
+                self.first_start = time.time()
+            self.start = now
 
-        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             epoch_seconds.append(time.perf_counter() - self.start)
 
     return EpochTimer()
@@ -157,7 +162,7 @@ def _bare_lightning_fit(epochs: int, seed: int, data_dir: str, epoch_seconds: li
 
 
 def _project_fit(
-    epochs: int, seed: int, data_dir: str, epoch_seconds: list[float], extra_args: list[str]
+    epochs: int, seed: int, data_dir: str, epoch_seconds: list[float], extra_args: list[str], callbacks: tuple = ()
 ) -> tuple[float, float]:
     import tempfile
 
@@ -177,7 +182,7 @@ def _project_fit(
             MNISTDataModule,
             seed_everything_default=42,
             args=args,
-            trainer_defaults={"callbacks": [timer]},
+            trainer_defaults={"callbacks": [timer, *callbacks]},
         )
         test_accuracy = cli.trainer.callback_metrics["test/acc"].item()
     return test_accuracy, timer.first_start

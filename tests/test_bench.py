@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,14 @@ TRUSTING_CHILD = (
 )
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench", REPO_ROOT / "benchmarks" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def load_bench(name: str = "bench"):
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # the other scripts import bench.py
+    try:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
     return module
 
 
@@ -52,3 +58,37 @@ def test_the_benchmark_runs_every_pipeline_and_writes_its_report(
     assert written["machine"]["torch"] and written["summary"] == report["summary"]
     markdown = next((tmp_path / "results").glob("bench-*.md")).read_text()
     assert all(f"| {kind} |" in markdown for kind in bench.KINDS)
+
+
+def test_the_panel_cost_benchmark_alternates_panels_and_writes_its_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    write_synthetic_mnist(data_dir, train=5600, test=200)
+    monkeypatch.setitem(DATASETS, "mnist", DATASETS["mnist"])
+    trust_synthetic_mnist(data_dir)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]))
+    panel_cost = load_bench("panel_cost")
+    child_command = panel_cost.child_command
+    monkeypatch.setattr(
+        panel_cost,
+        "child_command",
+        lambda *args, **kwargs: [
+            child_command(*args, **kwargs)[0],
+            "-c",
+            TRUSTING_CHILD,
+            str(data_dir),
+            *child_command(*args, **kwargs)[1:],
+        ],
+    )
+
+    report = panel_cost.main(
+        ["--epochs=4", "--repeats=2", f"--data-dir={data_dir}", f"--output={tmp_path / 'results'}"]
+    )
+
+    first, second = report["runs"]
+    assert first["panels_on"] == [True, False, True, False] and second["panels_on"] == [False, True, False, True]
+    assert all(len(run["epoch_seconds"]) == 4 and min(run["epoch_seconds"]) > 0 for run in report["runs"])
+    assert report["summary"]["epochs_on"] == report["summary"]["epochs_off"] == 3
+    assert report["summary"]["paired_ratio_median"] > 0
+    assert "| on | 3 |" in next((tmp_path / "results").glob("panel-cost-*.md")).read_text()

@@ -1,0 +1,135 @@
+"""What the TensorBoard panels (mnist_lightning.visuals.Dashboard) cost per epoch, measured so that the machine's
+drifting speed cancels out.
+
+On a shared machine the speed of the same program drifts by ±25 % over tens of seconds, more than the panels
+could cost, so separate runs with the panels on and off mostly measure the drift. Here each `fit` (the seed
+configuration) alternates: every panel on in one epoch, every panel off in the next; runs alternate which comes
+first. An epoch is timed from its start to the next one's, so the panels' epoch-end work counts. Reported: the
+median epoch with the panels on and off, and the median of paired ratios (an epoch with the panels on against
+the mean of its two neighbours with them off). The first epoch (warm-up) is left out. Writes Markdown and JSON
+under benchmarks/results/.
+
+    python benchmarks/panel_cost.py --epochs 21 --repeats 4     # about 2 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from bench import REPO_ROOT, RESULTS_DIR, _project_fit, machine_description
+
+
+def run_child(epochs: int, seed: int, data_dir: str, first_on: bool) -> dict:
+    import lightning as L
+
+    from mnist_lightning.visuals import Dashboard
+
+    panels_on: list[bool] = []
+
+    class AlternatePanels(L.Callback):
+        def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            on = (trainer.current_epoch % 2 == 0) == first_on
+            dashboard = next(callback for callback in trainer.callbacks if isinstance(callback, Dashboard))
+            dashboard.panels = dict.fromkeys(dashboard.panels, on)
+            panels_on.append(on)
+
+    epoch_seconds: list[float] = []
+    _project_fit(epochs, seed, data_dir, epoch_seconds, ["--trainer.enable_progress_bar=false"], (AlternatePanels(),))
+    return {"seed": seed, "epoch_seconds": epoch_seconds, "panels_on": panels_on}
+
+
+def child_command(epochs: int, seed: int, data_dir: str, first_on: bool) -> list[str]:
+    script = str(Path(__file__).resolve())
+    first = "on" if first_on else "off"
+    return [sys.executable, script, "--child", first, f"--epochs={epochs}", f"--seed={seed}", f"--data-dir={data_dir}"]
+
+
+def summarize(runs: list[dict]) -> dict:
+    on, off, paired = [], [], []
+    for run in runs:
+        seconds, panels_on = run["epoch_seconds"], run["panels_on"]
+        for epoch in range(1, len(seconds)):  # epoch 0 warms up
+            (on if panels_on[epoch] else off).append(seconds[epoch])
+            if panels_on[epoch] and 1 < epoch < len(seconds) - 1:
+                paired.append(seconds[epoch] / ((seconds[epoch - 1] + seconds[epoch + 1]) / 2))
+    return {
+        "epochs_on": len(on),
+        "epochs_off": len(off),
+        "seconds_on_median": statistics.median(on),
+        "seconds_off_median": statistics.median(off),
+        "ratio_of_medians": statistics.median(on) / statistics.median(off),
+        "paired_ratio_median": statistics.median(paired),
+        "paired_ratio_quartiles": statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3,
+    }
+
+
+def markdown_table(summary: dict) -> str:
+    quartiles = summary["paired_ratio_quartiles"]
+    return "\n".join(
+        [
+            "| panels | epochs | s/epoch, median |",
+            "| --- | --- | --- |",
+            f"| on | {summary['epochs_on']} | {summary['seconds_on_median']:.3f} |",
+            f"| off | {summary['epochs_off']} | {summary['seconds_off_median']:.3f} |",
+            "",
+            f"- on / off, ratio of medians: **{summary['ratio_of_medians']:.3f}×**",
+            f"- on / mean of its two off neighbours, median of paired ratios: **{summary['paired_ratio_median']:.3f}×**"
+            f" (quartiles {quartiles[0]:.3f}–{quartiles[2]:.3f})",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=21, help="epochs per run, alternating panels on and off")
+    parser.add_argument("--repeats", type=int, default=4, help="runs; seeds 42, 43, ...; every other run starts off")
+    parser.add_argument("--data-dir", default=None, help="MNIST data folder (default: the project's cache)")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="folder for the JSON and Markdown")
+    parser.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["on", "off"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from mnist_lightning.sources import DATASETS, default_data_dir, ensure_raw_files
+
+    data_dir = args.data_dir or str(default_data_dir())
+    if args.child:
+        print(json.dumps(run_child(args.epochs, args.seed, data_dir, first_on=args.child == "on")))
+        return {}
+
+    ensure_raw_files(DATASETS["mnist"], Path(data_dir))
+    runs = []
+    for repeat in range(args.repeats):
+        command = child_command(args.epochs, 42 + repeat, data_dir, first_on=repeat % 2 == 0)
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+        if result.returncode != 0:
+            raise RuntimeError(f"run {repeat + 1} failed:\n{result.stderr[-3000:]}")
+        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(f"run {repeat + 1}/{args.repeats}: {[round(s, 3) for s in runs[-1]['epoch_seconds']]}", file=sys.stderr)
+    summary = summarize(runs)
+    command = " ".join(["python", "benchmarks/panel_cost.py", *(argv if argv is not None else sys.argv[1:])])
+    report = {
+        "command": command,
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        "summary": summary,
+        "runs": runs,
+    }
+    table = markdown_table(summary)
+    args.output.mkdir(parents=True, exist_ok=True)
+    stem = args.output / f"panel-cost-{datetime.now():%Y%m%d-%H%M%S}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    stem.with_suffix(".md").write_text(f"`{command}` on {report['machine']['cpu']}\n\n{table}\n")
+    print(table)
+    print(f"\nwritten: {stem}.json, {stem}.md")
+    return report
+
+
+if __name__ == "__main__":
+    main()
