@@ -120,7 +120,11 @@ class MNISTClassifier(L.LightningModule):
         getattr(self, f"{stage}_acc").reset()
         return accuracy
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        if self.hparams.batch_norm and len(batch[1]) == 1:
+            # Batch statistics of one image do not exist. This is a final batch of one (55,000 images in batches
+            # of 3, say); every process of a distributed run gets the same size, so all of them skip it.
+            return None
         loss, _ = self._step("train", batch)
         # Reading the loss waits for the device; on a GPU that costs more than this network's step, so there
         # the check runs every FINITE_CHECK_EVERY steps, and every step on the CPU, where it is free.

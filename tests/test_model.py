@@ -87,6 +87,25 @@ def test_batch_norm_sits_between_each_hidden_linear_layer_and_its_activation() -
     assert model.net[1].bias is None, "BatchNorm's shift replaces the bias"
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
+@pytest.mark.filterwarnings("ignore:`training_step` returned `None`")
+def test_a_final_training_batch_of_one_image_is_skipped_with_batch_norm() -> None:
+    images, labels = torch.randn(9, 784), torch.arange(9) % 10
+
+    def trained_on(count: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = MNISTClassifier(hidden_sizes=[8], batch_norm=True)
+        batches = DataLoader(TensorDataset(images[:count], labels[:count]), batch_size=4)
+        trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        trainer.fit(model, train_dataloaders=batches)
+        return model.state_dict()
+
+    with_single_last, without = trained_on(9), trained_on(8)  # batches of 4, 4, 1 against 4, 4
+    for name, value in without.items():
+        torch.testing.assert_close(with_single_last[name], value)
+    assert MNISTClassifier(hidden_sizes=[8]).training_step((torch.randn(1, 784), torch.tensor([3])), 0) is not None
+
+
 def test_label_smoothing_is_the_training_loss() -> None:
     model = MNISTClassifier(hidden_sizes=[8], label_smoothing=0.1)
     images, labels = torch.randn(6, 1, 28, 28), torch.arange(6)
