@@ -14,6 +14,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lightning.cli import cli_main
+from mnist_lightning.runs import read_checkpoint
 from tests.synthetic import REPO_ROOT, printed_test_accuracy, run_cli
 
 # 1,000 training images in batches of 50: 20 steps per epoch.
@@ -146,3 +147,16 @@ def test_bad_flags_exit_non_zero(bad_args: list[str], capsys: pytest.CaptureFixt
         cli_main(bad_args)
     assert exit_info.value.code != 0
     assert "error" in capsys.readouterr().err.lower()
+
+
+def test_ema_weight_averaging_is_one_flag_and_its_checkpoints_hold_the_averaged_weights(
+    synthetic_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = [f"--data.data_dir={synthetic_mnist}", "--data.val_size=200", "--trainer.enable_progress_bar=false"]
+    ema = ["--trainer.callbacks+=EMAWeightAveraging", "--trainer.callbacks.decay=0.9"]
+    cli = cli_main(["fit", *data, *ema, "--trainer.max_epochs=2", "--test_after_fit=false"])
+    checkpoint = read_checkpoint(Path(cli.trainer.checkpoint_callback.best_model_path))
+    averaged, current = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert averaged.keys() == current.keys()
+    assert not torch.equal(averaged["net.1.weight"], current["net.1.weight"]), "the average differs from the weights"
