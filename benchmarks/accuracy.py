@@ -12,7 +12,6 @@ only). Writes a Markdown table and a JSON file (with the machine's description) 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -20,11 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import yaml
-from bench import REPO_ROOT, RESULTS_DIR, machine_description
+from bench import REPO_ROOT, RESULTS_DIR, write_report
 
 PRESETS = ("seed", "fast", "strong")
 
@@ -120,22 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
             run = runs[-1]
             print(f"{preset} seed {seed}: {run['test_accuracy']:.4f} in {run['wall_seconds']:.1f} s", file=sys.stderr)
     summary = summarize(runs, extra)
-    command = " ".join(["python", "benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
-    report = {
-        "command": command,
-        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_description(),
-        "summary": summary,
-        "runs": runs,
-    }
-    table = markdown_table(summary)
-    args.output.mkdir(parents=True, exist_ok=True)
-    stem = args.output / f"accuracy-{datetime.now():%Y%m%d-%H%M%S}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    stem.with_suffix(".md").write_text(f"`{command}` on {report['machine']['cpu']}\n\n{table}\n")
-    print(table)
-    print(f"\nwritten: {stem}.json, {stem}.md")
-    return report
+    return write_report("accuracy", argv, {"summary": summary, "runs": runs}, markdown_table(summary), args.output)
 
 
 if __name__ == "__main__":

@@ -269,6 +269,25 @@ def machine_description() -> dict:
     }
 
 
+def write_report(script: str, argv: list[str] | None, results: dict, table: str, output: Path) -> dict:
+    """Write `results` as JSON and `table` as Markdown under `output` (`<script>-<time>.json`, `.md`), both with the
+    command that made them and the machine's description; print the table; return the whole report."""
+    command = " ".join(["python", f"benchmarks/{script}.py", *(argv if argv is not None else sys.argv[1:])])
+    report = {
+        "command": command,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        **results,
+    }
+    output.mkdir(parents=True, exist_ok=True)
+    stem = output / f"{script.replace('_', '-')}-{datetime.now():%Y%m%d-%H%M%S}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    stem.with_suffix(".md").write_text(f"`{command}` on {report['machine']['cpu']}\n\n{table}\n")
+    print(table)
+    print(f"\nwritten: {stem}.json, {stem}.md")
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=20, help="epochs per run (the first is reported apart)")
@@ -296,25 +315,13 @@ def main(argv: list[str] | None = None) -> dict:
             runs.append(measure(kind, args.epochs, 42 + repeat, data_dir))
             print(f"run {repeat + 1}/{args.repeats} {kind}: {runs[-1]['epoch_seconds']}", file=sys.stderr)
     summary = summarize(runs)
-    command = " ".join(["python", "benchmarks/bench.py", *(argv if argv is not None else sys.argv[1:])])
-    report = {
-        "command": command,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "epochs": args.epochs,
-        "repeats": args.repeats,
-        "machine": machine_description(),
-        "summary": summary,
-        "ratios": ratios(summary),
-        "runs": runs,
-    }
-    table = markdown_table(summary)
-    args.output.mkdir(parents=True, exist_ok=True)
-    stem = args.output / f"bench-{datetime.now():%Y%m%d-%H%M%S}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    stem.with_suffix(".md").write_text(f"`{command}` on {report['machine']['cpu']}\n\n{table}\n")
-    print(table)
-    print(f"\nwritten: {stem}.json, {stem}.md")
-    return report
+    return write_report(
+        "bench",
+        argv,
+        {"epochs": args.epochs, "repeats": args.repeats, "summary": summary, "ratios": ratios(summary), "runs": runs},
+        markdown_table(summary),
+        args.output,
+    )
 
 
 if __name__ == "__main__":

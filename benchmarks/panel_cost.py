@@ -19,10 +19,9 @@ import json
 import statistics
 import subprocess
 import sys
-from datetime import datetime
 from pathlib import Path
 
-from bench import REPO_ROOT, RESULTS_DIR, _project_fit, machine_description
+from bench import REPO_ROOT, RESULTS_DIR, _project_fit, write_report
 
 
 def run_child(epochs: int, seed: int, data_dir: str, first_on: bool) -> dict:
@@ -113,22 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
         print(f"run {repeat + 1}/{args.repeats}: {[round(s, 3) for s in runs[-1]['epoch_seconds']]}", file=sys.stderr)
     summary = summarize(runs)
-    command = " ".join(["python", "benchmarks/panel_cost.py", *(argv if argv is not None else sys.argv[1:])])
-    report = {
-        "command": command,
-        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_description(),
-        "summary": summary,
-        "runs": runs,
-    }
-    table = markdown_table(summary)
-    args.output.mkdir(parents=True, exist_ok=True)
-    stem = args.output / f"panel-cost-{datetime.now():%Y%m%d-%H%M%S}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    stem.with_suffix(".md").write_text(f"`{command}` on {report['machine']['cpu']}\n\n{table}\n")
-    print(table)
-    print(f"\nwritten: {stem}.json, {stem}.md")
-    return report
+    return write_report("panel_cost", argv, {"summary": summary, "runs": runs}, markdown_table(summary), args.output)
 
 
 if __name__ == "__main__":

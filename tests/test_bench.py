@@ -1,4 +1,4 @@
-"""The benchmark script runs end to end (one epoch, synthetic data); its timings are never asserted."""
+"""The benchmark scripts run end to end (an epoch or a few, synthetic data); their timings are never asserted."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mnist_lightning.sources import DATASETS
-from tests.synthetic import REPO_ROOT, trust_synthetic_mnist, write_synthetic_mnist
+from tests.synthetic import REPO_ROOT, subprocess_env, trust_synthetic_mnist, write_synthetic_mnist
 
 # Each child process first accepts the synthetic files as MNIST, then runs the script as `python bench.py ...`.
 TRUSTING_CHILD = (
@@ -92,3 +92,28 @@ def test_the_panel_cost_benchmark_alternates_panels_and_writes_its_report(
     assert report["summary"]["epochs_on"] == report["summary"]["epochs_off"] == 3
     assert report["summary"]["paired_ratio_median"] > 0
     assert "| on | 3 |" in next((tmp_path / "results").glob("panel-cost-*.md")).read_text()
+
+
+def test_the_accuracy_benchmark_runs_each_preset_and_writes_its_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    write_synthetic_mnist(data_dir)
+    monkeypatch.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])
+    monkeypatch.setenv("MNIST_LIGHTNING_TEST_SYNTHETIC", str(data_dir))
+    bench = load_bench("accuracy")
+
+    # Two presets (the plainest and the one with every option) and two seeds keep this under a minute.
+    arguments = ["--presets", "seed", "strong", "--seeds", "1", "2", f"--output={tmp_path / 'results'}"]
+    overrides = [f"--data.data_dir={data_dir}", "--data.val_size=200", "--trainer.max_epochs=1"]
+    report = bench.main([*arguments, *overrides])
+
+    assert list(report["summary"]) == ["seed", "strong"]
+    assert report["summary"]["seed"]["parameters"] == 784 * 100 + 100 + 100 * 10 + 10
+    for row in report["summary"].values():
+        assert row["epochs"] == 1 and row["seeds"] == [1, 2]
+        assert row["wall_seconds_min"] > 0 and all(0 < accuracy <= 1 for accuracy in row["test_accuracies"])
+    written = json.loads(next((tmp_path / "results").glob("accuracy-*.json")).read_text())
+    assert written["summary"] == report["summary"] and written["machine"]["torch"]
+    markdown = next((tmp_path / "results").glob("accuracy-*.md")).read_text()
+    assert "| configs/seed.yaml | 79,510 | 1 |" in markdown and "| configs/strong.yaml |" in markdown
