@@ -7,6 +7,8 @@
    what the panels cost.
 5. `lightning-bare` (only with `--kinds`): the project's model and data in a plain `Trainer` with logger,
    checkpoints, progress bar and model summary off: Lightning's own per-step cost.
+6. `starting-point-as-published` (only with `--kinds`): the starting point with its bug, evaluating every epoch on
+   its 60,000 training images instead of 5,000 held-out ones.
 
 Each is the same 784-100-10 MLP, Adam lr 1e-3, batch 100, on the 55,000 / 5,000 split; an epoch is training
 plus validation. Every run is a separate process; the kinds alternate, repeated. Writes a Markdown table and a
@@ -30,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 KINDS = ("starting-point", "raw-loop", "project", "project-no-visuals")
-EXTRA_KINDS = ("lightning-bare",)
+EXTRA_KINDS = ("lightning-bare", "starting-point-as-published")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +54,11 @@ def run_child(kind: str, epochs: int, seed: int, data_dir: str, launched_at: flo
         test_accuracy, first_epoch_start = _project_fit(epochs, seed, data_dir, epoch_seconds, extra)
     else:
         torch.manual_seed(seed)
-        loops = {"starting-point": _starting_point_loaders, "raw-loop": _in_memory_batches}
+        loops = {
+            "starting-point": _starting_point_loaders,
+            "starting-point-as-published": _published_starting_point_loaders,
+            "raw-loop": _in_memory_batches,
+        }
         train, val, test = loops[kind](data_dir)
         model = torch.nn.Sequential(torch.nn.Linear(784, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10))
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -101,6 +107,19 @@ def _starting_point_loaders(data_dir: str):
     val = DataLoader(Subset(train_full, val_index.tolist()), batch_size=100)
     test = DataLoader(datasets.MNIST(data_dir, train=False, transform=transforms.ToTensor()), batch_size=100)
     return (lambda: train), (lambda: val), (lambda: test)
+
+
+def _published_starting_point_loaders(data_dir: str):
+    """The blog script as published: all 60,000 training images, and its per-epoch evaluation on those same
+    60,000 images (its bug), each through the per-sample `ToTensor` pipeline."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    train_full = datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor())
+    train = DataLoader(train_full, batch_size=100, shuffle=True)
+    evaluated = DataLoader(train_full, batch_size=100)
+    test = DataLoader(datasets.MNIST(data_dir, train=False, transform=transforms.ToTensor()), batch_size=100)
+    return (lambda: train), (lambda: evaluated), (lambda: test)
 
 
 def _in_memory_batches(data_dir: str):
