@@ -6,8 +6,10 @@ Every constructor argument of `MNISTClassifier`, `MNISTDataModule` and `Trainer`
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
@@ -192,11 +194,23 @@ class MNISTLightningCLI(LightningCLI):
         print("\n" + "\n".join(lines))
 
 
+def silence_third_party_noise() -> None:
+    """Drop messages a user of this program can do nothing about: a deprecation inside Lightning (printed twice per
+    fit with torch 2.14) and Lightning's advert for its cloud logger."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(is_not_an_advert)  # added once, however often
+
+
+def is_not_an_advert(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("💡 Tip")
+
+
 def cli_main(args: ArgsType = None) -> MNISTLightningCLI | None:
     """Run the command line; `args` replaces `sys.argv[1:]` (a list of strings or a dict).
 
     Errors the user can fix are printed as one line (set MNIST_LIGHTNING_DEBUG=1 for the traceback).
     """
+    silence_third_party_noise()
     try:
         return MNISTLightningCLI(
             MNISTClassifier,

@@ -60,6 +60,12 @@ def test_fit_prints_a_summary_that_names_the_best_checkpoint_and_test_accuracy(f
     assert "tensorboard --logdir lightning_logs" in output
 
 
+def test_fit_prints_no_third_party_noise(fitted: tuple[Path, str]) -> None:
+    _, output = fitted
+    assert "LeafSpec" not in output and "litlogger" not in output
+    assert "Warning" not in output, output
+
+
 def test_a_fresh_process_reproduces_the_test_accuracy_from_the_saved_config(
     fitted: tuple[Path, str], synthetic_dir: Path
 ) -> None:
