@@ -170,6 +170,11 @@ class MNISTClassifier(L.LightningModule):
         if self.hparams.lr_schedule == "constant":
             return {"optimizer": optimizer}
         steps = self.trainer.estimated_stepping_batches
+        if steps == float("inf"):
+            raise ArgumentError(
+                f"lr_schedule={self.hparams.lr_schedule} spans the whole fit, which has no end here: "
+                "pass --trainer.max_epochs N (or --trainer.max_steps N), or --model.lr_schedule constant"
+            )
         if self.hparams.lr_schedule == "one_cycle":
             scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=steps)
         else:

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mnist_lightning import MNISTClassifier
+from mnist_lightning.errors import ArgumentError
 
 
 def test_default_network_is_the_classic_784_100_10_mlp() -> None:
@@ -87,7 +88,6 @@ def test_batch_norm_sits_between_each_hidden_linear_layer_and_its_activation() -
     assert model.net[1].bias is None, "BatchNorm's shift replaces the bias"
 
 
-@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 @pytest.mark.filterwarnings("ignore:`training_step` returned `None`")
 def test_a_final_training_batch_of_one_image_is_skipped_with_batch_norm() -> None:
     images, labels = torch.randn(9, 784), torch.arange(9) % 10
@@ -114,7 +114,6 @@ def test_label_smoothing_is_the_training_loss() -> None:
     assert not torch.allclose(loss, F.cross_entropy(model(images), labels))
 
 
-@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 @pytest.mark.parametrize(
     ("schedule", "peak_step"),
     [("constant", None), ("one_cycle", 0.3), ("cosine", 0.0)],
@@ -139,3 +138,11 @@ def test_learning_rate_schedules_span_the_whole_fit(schedule: str, peak_step: fl
     assert max(rates) == pytest.approx(0.01, rel=0.01)
     assert abs(rates.index(max(rates)) - peak_step * 19) <= 1
     assert rates[-1] < 0.001, "annealed by the last step"
+
+
+def test_a_schedule_without_an_end_of_training_is_refused_with_the_fix() -> None:
+    model = MNISTClassifier(hidden_sizes=[8], lr_schedule="one_cycle")
+    batches = DataLoader(TensorDataset(torch.randn(8, 784), torch.arange(8) % 10), batch_size=4)
+    trainer = L.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ArgumentError, match="max_epochs"):
+        trainer.fit(model, train_dataloaders=batches)
