@@ -13,7 +13,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_lightning.cli import cli_main
+from mnist_lightning.cli import cli_main, stop_probing_for_nvml_without_gpus
 from mnist_lightning.runs import read_checkpoint
 from tests.synthetic import REPO_ROOT, printed_test_accuracy, run_cli
 
@@ -166,3 +166,10 @@ def test_ema_weight_averaging_is_one_flag_and_its_checkpoints_hold_the_averaged_
     averaged, current = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert averaged.keys() == current.keys()
     assert not torch.equal(averaged["net.1.weight"], current["net.1.weight"]), "the average differs from the weights"
+
+
+def test_without_gpus_torch_stops_probing_for_nvml_on_every_optimizer_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # what importing Lightning does
+    gpus = torch.cuda.device_count()
+    stop_probing_for_nvml_without_gpus()
+    assert ("PYTORCH_NVML_BASED_CUDA_CHECK" in os.environ) == (gpus > 0)
