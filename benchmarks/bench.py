@@ -288,9 +288,12 @@ def machine_description() -> dict:
     }
 
 
-def write_report(script: str, argv: list[str] | None, results: dict, table: str, output: Path) -> dict:
-    """Write `results` as JSON and `table` as Markdown under `output` (`<script>-<time>.json`, `.md`), both with the
-    command that made them and the machine's description; print the table; return the whole report."""
+def write_report(
+    script: str, argv: list[str] | None, results: dict, table: str, output: Path, name: str | None = None
+) -> dict:
+    """Write `results` as JSON and `table` as Markdown under `output` (`<name>-<time>.json`, `.md`; the name is the
+    script's by default), both with the command that made them and the machine's description; print the table;
+    return the whole report."""
     command = " ".join(["python", f"benchmarks/{script}.py", *(argv if argv is not None else sys.argv[1:])])
     report = {
         "command": command,
@@ -299,7 +302,7 @@ def write_report(script: str, argv: list[str] | None, results: dict, table: str,
         **results,
     }
     output.mkdir(parents=True, exist_ok=True)
-    stem = output / f"{script.replace('_', '-')}-{datetime.now():%Y%m%d-%H%M%S}"
+    stem = output / f"{name or script.replace('_', '-')}-{datetime.now():%Y%m%d-%H%M%S}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
     stem.with_suffix(".md").write_text(f"`{command}` on {report['machine']['cpu']}\n\n{table}\n")
     print(table)

@@ -60,18 +60,19 @@ def test_the_benchmark_runs_every_pipeline_and_writes_its_report(
     assert all(f"| {kind} |" in markdown for kind in bench.KINDS)
 
 
-def test_the_panel_cost_benchmark_alternates_panels_and_writes_its_report(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("toggle", ["panels", "nvml-probe"])
+def test_the_alternating_benchmark_switches_a_setting_each_epoch_and_writes_its_report(
+    toggle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data_dir = tmp_path / "data"
     write_synthetic_mnist(data_dir, train=5600, test=200)
     monkeypatch.setitem(DATASETS, "mnist", DATASETS["mnist"])
     trust_synthetic_mnist(data_dir)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]))
-    panel_cost = load_bench("panel_cost")
-    child_command = panel_cost.child_command
+    alternating = load_bench("alternating")
+    child_command = alternating.child_command
     monkeypatch.setattr(
-        panel_cost,
+        alternating,
         "child_command",
         lambda *args, **kwargs: [
             child_command(*args, **kwargs)[0],
@@ -82,16 +83,15 @@ def test_the_panel_cost_benchmark_alternates_panels_and_writes_its_report(
         ],
     )
 
-    report = panel_cost.main(
-        ["--epochs=4", "--repeats=2", f"--data-dir={data_dir}", f"--output={tmp_path / 'results'}"]
-    )
+    paths = [f"--data-dir={data_dir}", f"--output={tmp_path / 'results'}"]
+    report = alternating.main([f"--toggle={toggle}", "--epochs=4", "--repeats=2", *paths])
 
     first, second = report["runs"]
-    assert first["panels_on"] == [True, False, True, False] and second["panels_on"] == [False, True, False, True]
+    assert first["on"] == [True, False, True, False] and second["on"] == [False, True, False, True]
     assert all(len(run["epoch_seconds"]) == 4 and min(run["epoch_seconds"]) > 0 for run in report["runs"])
     assert report["summary"]["epochs_on"] == report["summary"]["epochs_off"] == 3
     assert report["summary"]["paired_ratio_median"] > 0
-    assert "| on | 3 |" in next((tmp_path / "results").glob("panel-cost-*.md")).read_text()
+    assert "| on | 3 |" in next((tmp_path / "results").glob(f"alternating-{toggle}-*.md")).read_text()
 
 
 def test_the_accuracy_benchmark_runs_each_preset_and_writes_its_report(
