@@ -10,9 +10,9 @@
 6. `starting-point-as-published` (only with `--kinds`): the starting point with its bug, evaluating every epoch on
    its 60,000 training images instead of 5,000 held-out ones.
 
-Each is the same 784-100-10 MLP, Adam lr 1e-3, batch 100, on the 55,000 / 5,000 split; an epoch is training
-plus validation. Every run is a separate process; the kinds alternate, repeated. Writes a Markdown table and a
-JSON file (with the machine's description) under benchmarks/results/.
+Each is the same 784-100-10 MLP, Adam lr 1e-3, batch 100, on the 55,000 / 5,000 split; an epoch is training plus
+validation. Every run is a separate process; the kinds alternate, repeated, each repeat starting one kind later.
+Writes a Markdown table and a JSON file (with the machine's description) under benchmarks/results/.
 
     python benchmarks/bench.py --epochs 20 --repeats 3     # `make bench`, about 8 minutes on 2 cores
 """
@@ -333,7 +333,10 @@ def main(argv: list[str] | None = None) -> dict:
     ensure_raw_files(DATASETS["mnist"], Path(data_dir))
     runs = []
     for repeat in range(args.repeats):
-        for kind in args.kinds:
+        # Each repeat starts one kind later, so that no kind always follows the same one: this machine's speed
+        # drifts over tens of seconds, and a fixed order would give one kind the same neighbour's aftermath.
+        shift = repeat % len(args.kinds)
+        for kind in args.kinds[shift:] + args.kinds[:shift]:
             runs.append(measure(kind, args.epochs, 42 + repeat, data_dir))
             print(f"run {repeat + 1}/{args.repeats} {kind}: {runs[-1]['epoch_seconds']}", file=sys.stderr)
     summary = summarize(runs)
