@@ -201,8 +201,8 @@ def stop_probing_for_nvml_without_gpus() -> None:
 
     Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, so that the question never initializes CUDA (which would
     break forked worker processes). torch's Adam asks it on every step, and without an NVIDIA driver each answer
-    then tries to load NVML and fails: 0.12 ms per step on this CPU, 7 % of an epoch of the seed configuration.
-    With no GPU there is no CUDA state to protect.
+    then tries to load NVML and fails: 0.12 ms per step on this CPU, about 10 % of an epoch of the seed configuration
+    (`python benchmarks/alternating.py --toggle nvml-probe`). With no GPU there is no CUDA state to protect.
     """
     if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda.device_count() == 0:
         del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
