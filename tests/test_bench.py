@@ -31,21 +31,28 @@ def load_bench(name: str = "bench"):
     return module
 
 
+def load_bench_with_trusting_children(name: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """The script `name`, whose children accept the synthetic files in `data_dir` as MNIST (as this process does)."""
+    monkeypatch.setitem(DATASETS, "mnist", DATASETS["mnist"])
+    trust_synthetic_mnist(data_dir)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]))
+    module = load_bench(name)
+    child_command = module.child_command
+
+    def trusting_child_command(*args, **kwargs) -> list[str]:
+        python, *script_and_options = child_command(*args, **kwargs)
+        return [python, "-c", TRUSTING_CHILD, str(data_dir), *script_and_options]
+
+    monkeypatch.setattr(module, "child_command", trusting_child_command)
+    return module
+
+
 def test_the_benchmark_runs_every_pipeline_and_writes_its_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data_dir = tmp_path / "data"
     write_synthetic_mnist(data_dir, train=5600, test=200)  # the seed configuration holds out 5,000 for validation
-    monkeypatch.setitem(DATASETS, "mnist", DATASETS["mnist"])
-    trust_synthetic_mnist(data_dir)
-    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
-    bench = load_bench()
-    child_command = bench.child_command
-    monkeypatch.setattr(
-        bench,
-        "child_command",
-        lambda *args: [child_command(*args)[0], "-c", TRUSTING_CHILD, str(data_dir), *child_command(*args)[1:]],
-    )
+    bench = load_bench_with_trusting_children("bench", data_dir, monkeypatch)
 
     report = bench.main(["--epochs=1", "--repeats=1", f"--data-dir={data_dir}", f"--output={tmp_path / 'results'}"])
 
@@ -66,22 +73,7 @@ def test_the_alternating_benchmark_switches_a_setting_each_epoch_and_writes_its_
 ) -> None:
     data_dir = tmp_path / "data"
     write_synthetic_mnist(data_dir, train=5600, test=200)
-    monkeypatch.setitem(DATASETS, "mnist", DATASETS["mnist"])
-    trust_synthetic_mnist(data_dir)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]))
-    alternating = load_bench("alternating")
-    child_command = alternating.child_command
-    monkeypatch.setattr(
-        alternating,
-        "child_command",
-        lambda *args, **kwargs: [
-            child_command(*args, **kwargs)[0],
-            "-c",
-            TRUSTING_CHILD,
-            str(data_dir),
-            *child_command(*args, **kwargs)[1:],
-        ],
-    )
+    alternating = load_bench_with_trusting_children("alternating", data_dir, monkeypatch)
 
     paths = [f"--data-dir={data_dir}", f"--output={tmp_path / 'results'}"]
     report = alternating.main([f"--toggle={toggle}", "--epochs=4", "--repeats=2", *paths])
