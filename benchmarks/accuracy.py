@@ -57,7 +57,6 @@ def child_env() -> dict[str, str]:
 
 def preset_description(preset: str, extra: list[str]) -> dict:
     """Parameter count and epochs of a preset, from its YAML and the project's defaults."""
-    sys.path.insert(0, str(REPO_ROOT))
     from mnist_lightning import MNISTClassifier
 
     config = yaml.safe_load((REPO_ROOT / "configs" / f"{preset}.yaml").read_text())
@@ -110,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="folder for the JSON and Markdown")
     args, extra = parser.parse_known_args(argv)  # the rest goes to every fit, e.g. --trainer.max_epochs=1
+    sys.path.insert(0, str(REPO_ROOT))
 
     runs = []
     for seed in args.seeds:
