@@ -41,6 +41,15 @@ def test_hyperparameters_are_saved() -> None:
     }
 
 
+def test_attributes_set_on_the_model_still_register_as_parameters_and_submodules() -> None:
+    model = MNISTClassifier()
+    model._current_fx_name = "training_step"  # set by Lightning around every hook, past nn.Module's checks
+    model.extra = nn.Linear(2, 2)
+    model.scale = nn.Parameter(torch.ones(1))
+    assert model._current_fx_name == "training_step"
+    assert {"extra.weight", "scale"} <= model.state_dict().keys()
+
+
 def test_a_tiny_batch_can_be_overfit() -> None:
     torch.manual_seed(0)
     model = MNISTClassifier(hidden_sizes=[64], lr=1e-2)
@@ -146,3 +155,43 @@ def test_a_schedule_without_an_end_of_training_is_refused_with_the_fix() -> None
     trainer = L.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.raises(ArgumentError, match="max_epochs"):
         trainer.fit(model, train_dataloaders=batches)
+
+
+def test_training_metrics_cover_each_epoch_as_its_batches_were_seen() -> None:
+    """train/acc and train/loss are over the logits each batch had when it was trained on (the weights change
+    between batches), every batch of the epoch counted once."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    logged: list[tuple[float, float]] = []
+
+    class Record(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            seen.clear()
+            if expected:  # the previous epoch's, logged after the callbacks' on_train_epoch_end
+                self.read_logged(trainer)
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self.read_logged(trainer)
+
+        def read_logged(self, trainer) -> None:
+            logged.append((trainer.callback_metrics["train/acc"].item(), trainer.callback_metrics["train/loss"].item()))
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append((pl_module(batch[0]).detach(), batch[1]))  # the weights this batch is trained with
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            logits, labels = torch.cat([s[0] for s in seen]), torch.cat([s[1] for s in seen])
+            batch_losses = torch.stack([F.cross_entropy(*s) for s in seen])
+            expected.append(((logits.argmax(1) == labels).float().mean().item(), batch_losses.mean().item()))
+
+    expected: list[tuple[float, float]] = []
+    torch.manual_seed(0)
+    model = MNISTClassifier(hidden_sizes=[16], lr=0.05)
+    batches = DataLoader(TensorDataset(torch.randn(50, 784), torch.arange(50) % 10), batch_size=8, shuffle=True)
+    trainer = L.Trainer(max_epochs=3, callbacks=[Record()], logger=False, enable_checkpointing=False)
+    trainer.fit(model, train_dataloaders=batches)
+
+    assert len(logged) == 3
+    for (acc, loss), (expected_acc, expected_loss) in zip(logged, expected, strict=True):
+        assert acc == pytest.approx(expected_acc, abs=1e-6)
+        assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert logged[0] != logged[-1], "the metrics start afresh each epoch"
