@@ -97,29 +97,24 @@ def run_folder(trainer: L.Trainer) -> Path:
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that also saves when fit stops early, except on a mistake the user must fix first."""
+    """ModelCheckpoint that also saves when `fit` stops early (Ctrl-C, SIGTERM, an error) and says how to resume,
+    except on a mistake the user must fix first."""
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # A diverged model's state is not worth resuming, and must not replace the last good last.ckpt.
-        if not isinstance(exception, UserError):
-            super().on_exception(trainer, pl_module, exception)
-
-
-class ResumeHint(L.Callback):
-    """When `fit` stops early (Ctrl-C, SIGTERM, an error), says where the state was saved and how to resume."""
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        last = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "save_on_exception", False)]
-        # A UserError explains itself, and before the first step there is nothing to resume.
-        if isinstance(exception, UserError) or trainer.global_step == 0 or not last:
+        # A diverged model's state is not worth resuming, and must not replace the last good last.ckpt; a UserError
+        # explains itself.
+        if isinstance(exception, UserError):
             return
-        if trainer.state.fn != "fit" or not trainer.is_global_zero:
+        super().on_exception(trainer, pl_module, exception)
+        # Before the first step there is nothing to resume.
+        if not self.save_on_exception or trainer.global_step == 0 or trainer.state.fn != "fit":
             return
-        checkpoint = last[0].format_checkpoint_name({})
-        run = run_folder(trainer)
-        print(
-            f"\nStopped by {type(exception).__name__} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-            f"the state at this moment is saved to {checkpoint}.\nResume with: python -m mnist_lightning fit "
-            f"--config {run / 'config.yaml'} --ckpt_path {checkpoint}",
-            file=sys.stderr,
-        )
+        if trainer.is_global_zero:
+            checkpoint = self.format_checkpoint_name({})
+            config = run_folder(trainer) / "config.yaml"
+            print(
+                f"\nStopped by {type(exception).__name__} at epoch {trainer.current_epoch}, step "
+                f"{trainer.global_step}; the state at this moment is saved to {checkpoint}.\nResume with: "
+                f"python -m mnist_lightning fit --config {config} --ckpt_path {checkpoint}",
+                file=sys.stderr,
+            )

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.pytorch.profilers import SimpleProfiler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_lightning.cli import cli_main, stop_probing_for_nvml_without_gpus
+from mnist_lightning.cli import NullProfiler, cli_main, stop_probing_for_nvml_without_gpus
+from mnist_lightning.predictions import PredictionWriter
 from mnist_lightning.runs import read_checkpoint
 from tests.synthetic import REPO_ROOT, printed_test_accuracy, run_cli
 
@@ -173,3 +175,18 @@ def test_without_gpus_torch_stops_probing_for_nvml_on_every_optimizer_step(monke
     gpus = torch.cuda.device_count()
     stop_probing_for_nvml_without_gpus()
     assert ("PYTORCH_NVML_BASED_CUDA_CHECK" in os.environ) == (gpus > 0)
+
+
+@pytest.mark.parametrize(
+    ("profiler", "profiler_class"), [([], NullProfiler), (["--trainer.profiler=simple"], SimpleProfiler)]
+)
+def test_fit_profiles_nothing_unless_asked_and_carries_no_prediction_writer(
+    profiler: list[str], profiler_class: type, synthetic_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = [f"--data.data_dir={synthetic_mnist}", "--data.val_size=200"]
+    cli = cli_main(["fit", *data, *profiler, "--trainer.fast_dev_run=2"])
+    assert type(cli.trainer.profiler) is profiler_class
+    if profiler_class is SimpleProfiler:
+        assert len(cli.trainer.profiler.recorded_durations["run_training_batch"]) == 2, "asked for, it measures"
+    assert not any(isinstance(callback, PredictionWriter) for callback in cli.trainer.callbacks)
