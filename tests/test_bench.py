@@ -61,6 +61,8 @@ def test_the_benchmark_runs_every_pipeline_and_writes_its_report(
         assert row["epoch_seconds_median"] > 0 and 0 <= row["test_accuracy_mean"] <= 1
         assert row["peak_rss_mib_max"] > 0 and row["startup_seconds_median"] > 0
     assert set(report["ratios"]) == {f"project / {kind}" for kind in bench.KINDS if kind != "project"}
+    fastest = report["summary"]["project"]["epoch_seconds_min"] / report["summary"]["raw-loop"]["epoch_seconds_min"]
+    assert report["ratios_of_fastest_epochs"]["project / raw-loop"] == fastest
     written = json.loads(next((tmp_path / "results").glob("bench-*.json")).read_text())
     assert written["machine"]["torch"] and written["summary"] == report["summary"]
     markdown = next((tmp_path / "results").glob("bench-*.md")).read_text()
@@ -109,3 +111,15 @@ def test_the_accuracy_benchmark_runs_each_preset_and_writes_its_report(
     assert written["summary"] == report["summary"] and written["machine"]["torch"]
     markdown = next((tmp_path / "results").glob("accuracy-*.md")).read_text()
     assert "| configs/seed.yaml | 79,510 | 1 |" in markdown and "| configs/strong.yaml |" in markdown
+
+
+def test_the_step_floor_benchmark_times_each_loop_and_writes_its_report(tmp_path: Path) -> None:
+    step_floor = load_bench("step_floor")
+
+    report = step_floor.main(["--steps=30", "--repeats=2", f"--output={tmp_path}"])
+
+    assert set(report["microseconds_per_step"]) == {"plain-loop", "lightning", "lightning-manual"}
+    assert all(len(values) == 2 and min(values) > 0 for values in report["seconds"].values())
+    added = report["microseconds_per_step"]["lightning"] - report["microseconds_per_step"]["plain-loop"]
+    assert report["added"]["lightning"] == added
+    assert "| lightning-manual |" in next(tmp_path.glob("step-floor-*.md")).read_text()
