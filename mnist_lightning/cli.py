@@ -204,7 +204,7 @@ class MNISTLightningCLI(LightningCLI):
 class NullProfiler(PassThroughProfiler):
     """Lightning's default profiler, which records nothing, without the cost of entering it.
 
-    Lightning wraps every hook call in `profiler.profile(...)`, about 70 times per training step; the inherited
+    Lightning wraps every hook call in `profiler.profile(...)`, about 60 times per training step; the inherited
     context manager is a generator that costs 1.7 µs each time. `--trainer.profiler simple` (or `advanced`) shows
     where a run's time goes.
     """

@@ -109,12 +109,12 @@ class LastCheckpoint(ModelCheckpoint):
         # Before the first step there is nothing to resume.
         if not self.save_on_exception or trainer.global_step == 0 or trainer.state.fn != "fit":
             return
-        if trainer.is_global_zero:
-            checkpoint = self.format_checkpoint_name({})
-            config = run_folder(trainer) / "config.yaml"
-            print(
-                f"\nStopped by {type(exception).__name__} at epoch {trainer.current_epoch}, step "
-                f"{trainer.global_step}; the state at this moment is saved to {checkpoint}.\nResume with: "
-                f"python -m mnist_lightning fit --config {config} --ckpt_path {checkpoint}",
-                file=sys.stderr,
-            )
+        if not trainer.is_global_zero:
+            return
+        checkpoint = self.format_checkpoint_name({})
+        print(
+            f"\nStopped by {type(exception).__name__} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+            f"the state at this moment is saved to {checkpoint}.\nResume with: python -m mnist_lightning fit "
+            f"--config {run_folder(trainer) / 'config.yaml'} --ckpt_path {checkpoint}",
+            file=sys.stderr,
+        )

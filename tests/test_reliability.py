@@ -22,7 +22,8 @@ from mnist_lightning.sources import DATASETS
 from tests.synthetic import cli_command, subprocess_env
 
 # 100 steps per epoch, enough epochs that a signal always lands during training.
-LONG_RUN = ["--data.val_size=200", "--data.batch_size=10", "--model.hidden_sizes=[32]", "--trainer.max_epochs=4"]
+# 500 steps per epoch, long enough (half a second or more) for a signal sent 0.3 s into the second epoch to land there.
+LONG_RUN = ["--data.val_size=200", "--data.batch_size=2", "--model.hidden_sizes=[32]", "--trainer.max_epochs=4"]
 QUICK_RUN = ["--data.val_size=200", "--data.batch_size=50", "--model.hidden_sizes=[32]", "--trainer.max_epochs=1"]
 QUICK_RUN += ["--trainer.enable_progress_bar=false"]
 
@@ -64,7 +65,7 @@ def test_a_signal_saves_the_state_and_the_printed_command_resumes_to_the_same_ep
     assert process.returncode == exit_code, output[-3000:]
     resume = re.search(r"Resume with: python -m mnist_lightning (fit .*)", output).group(1).split()
     interrupted = read_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert 0 < interrupted["global_step"] < 400
+    assert 500 <= interrupted["global_step"] < 2000, "stopped in the second epoch or later, before the end"
 
     resumed = subprocess.run(
         cli_command(synthetic_dir, *resume, "--test_after_fit=false"),
