@@ -37,6 +37,13 @@ from pathlib import Path
 KINDS = ("starting-point", "raw-loop", "project", "project-no-visuals")
 EXTRA_KINDS = ("lightning-bare", "starting-point-as-published")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# A Trainer with everything a user would see switched off: what Lightning's loop costs by itself.
+BARE_TRAINER = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,7 +66,7 @@ def run_child(kind: str, epochs: int, seed: int, data_dir: str, launched_at: flo
         torch.manual_seed(seed)
         loops = {
             "starting-point": _starting_point_loaders,
-            "starting-point-as-published": _published_starting_point_loaders,
+            "starting-point-as-published": lambda data_dir: _starting_point_loaders(data_dir, as_published=True),
             "raw-loop": _in_memory_batches,
         }
         train, val, test = loops[kind](data_dir)
@@ -98,31 +105,24 @@ def _accuracy(model, batches) -> float:
     return correct / total
 
 
-def _starting_point_loaders(data_dir: str):
+def _starting_point_loaders(data_dir: str, as_published: bool = False):
+    """The blog script's per-sample `ToTensor` pipeline on the project's 55,000 / 5,000 split; or, `as_published`,
+    on all 60,000 training images with its per-epoch evaluation on those same images (its bug)."""
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
     from mnist_lightning.data import fixed_split
 
     train_full = datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor())
-    train_index, val_index = fixed_split(len(train_full), 5000)
-    train = DataLoader(Subset(train_full, train_index.tolist()), batch_size=100, shuffle=True)
-    val = DataLoader(Subset(train_full, val_index.tolist()), batch_size=100)
+    if as_published:
+        train, evaluated = train_full, train_full
+    else:
+        train_index, val_index = fixed_split(len(train_full), 5000)
+        train, evaluated = Subset(train_full, train_index.tolist()), Subset(train_full, val_index.tolist())
+    train_batches = DataLoader(train, batch_size=100, shuffle=True)
+    evaluated_batches = DataLoader(evaluated, batch_size=100)
     test = DataLoader(datasets.MNIST(data_dir, train=False, transform=transforms.ToTensor()), batch_size=100)
-    return (lambda: train), (lambda: val), (lambda: test)
-
-
-def _published_starting_point_loaders(data_dir: str):
-    """The blog script as published: all 60,000 training images, and its per-epoch evaluation on those same
-    60,000 images (its bug), each through the per-sample `ToTensor` pipeline."""
-    from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms
-
-    train_full = datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor())
-    train = DataLoader(train_full, batch_size=100, shuffle=True)
-    evaluated = DataLoader(train_full, batch_size=100)
-    test = DataLoader(datasets.MNIST(data_dir, train=False, transform=transforms.ToTensor()), batch_size=100)
-    return (lambda: train), (lambda: evaluated), (lambda: test)
+    return (lambda: train_batches), (lambda: evaluated_batches), (lambda: test)
 
 
 def _in_memory_batches(data_dir: str):
@@ -180,8 +180,7 @@ def _bare_lightning_fit(epochs: int, seed: int, data_dir: str, epoch_seconds: li
 
     L.seed_everything(seed, verbose=False)
     model = timed_classifier(epoch_seconds)()
-    off = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
-    trainer = L.Trainer(max_epochs=epochs, enable_model_summary=False, **off)
+    trainer = L.Trainer(max_epochs=epochs, **BARE_TRAINER)
     trainer.fit(model, MNISTDataModule(data_dir=data_dir))
     test_accuracy = trainer.test(model, datamodule=trainer.datamodule, verbose=False)[0]["test/acc"]
     return test_accuracy, model.first_start

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import REPO_ROOT, RESULTS_DIR, write_report
+from bench import BARE_TRAINER, REPO_ROOT, RESULTS_DIR, write_report
 
 SEED_STEPS_PER_EPOCH = 550  # 55,000 training images in batches of 100
 
@@ -82,8 +82,7 @@ def lightning_seconds(steps: int, manual: bool) -> float:
         def on_train_epoch_end(self) -> None:
             self.seconds = time.perf_counter() - self.start
 
-    off = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
-    trainer = L.Trainer(max_epochs=1, enable_model_summary=False, profiler=NullProfiler(), **off)
+    trainer = L.Trainer(max_epochs=1, profiler=NullProfiler(), **BARE_TRAINER)
     model = OneWeight()
     trainer.fit(model, train_dataloaders=one_input_per_step(steps))
     return model.seconds

@@ -156,10 +156,13 @@ class MNISTClassifier(L.LightningModule):
         self._log_epoch("train")
 
     # The logits go to callbacks' on_*_batch_end (the confusion matrix, the misclassified grid).
-    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+    def _evaluation_step(self, stage: str, batch: Batch) -> dict[str, Tensor]:
         loss, logits = self._loss_and_logits(batch)
-        self._update_metrics("val", loss, logits, batch[1])
+        self._update_metrics(stage, loss, logits, batch[1])
         return {"logits": logits}
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluation_step("val", batch)
 
     def on_validation_epoch_end(self) -> None:
         accuracy = self._log_epoch("val")
@@ -169,9 +172,7 @@ class MNISTClassifier(L.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
-        loss, logits = self._loss_and_logits(batch)
-        self._update_metrics("test", loss, logits, batch[1])
-        return {"logits": logits}
+        return self._evaluation_step("test", batch)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
