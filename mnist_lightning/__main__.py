@@ -1,3 +1,3 @@
-from mnist_lightning.cli import cli_main
+from mnist_lightning.commands import main
 
-cli_main()
+main()

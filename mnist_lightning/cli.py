@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.errors import ArgumentError, UserError
+from mnist_lightning.errors import ArgumentError, one_line_errors
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.predictions import PredictionWriter
 from mnist_lightning.runs import (
@@ -237,22 +237,18 @@ def is_not_an_advert(record: logging.LogRecord) -> bool:
 
 
 def cli_main(args: ArgsType = None) -> MNISTLightningCLI | None:
-    """Run the command line; `args` replaces `sys.argv[1:]` (a list of strings or a dict).
+    """Run the LightningCLI subcommands; `args` replaces `sys.argv[1:]` (a list of strings or a dict).
 
     Errors the user can fix are printed as one line (set MNIST_LIGHTNING_DEBUG=1 for the traceback).
     """
     silence_third_party_noise()
-    try:
-        return MNISTLightningCLI(
-            MNISTClassifier,
-            MNISTDataModule,
-            seed_everything_default=42,
-            args=args,
-        )
-    except UserError as e:
-        if os.environ.get("MNIST_LIGHTNING_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except SIGTERMException:
-        raise SystemExit(128 + 15) from None  # LastCheckpoint has said how to resume
+    with one_line_errors():
+        try:
+            return MNISTLightningCLI(
+                MNISTClassifier,
+                MNISTDataModule,
+                seed_everything_default=42,
+                args=args,
+            )
+        except SIGTERMException:
+            raise SystemExit(128 + 15) from None  # LastCheckpoint has said how to resume

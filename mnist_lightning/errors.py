@@ -1,6 +1,13 @@
-"""Errors a user can fix. The command line prints each as one line that names the problem and the fix."""
+"""Errors a user can fix, and the one place that prints them: one line that names the problem and the fix."""
 
 from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+DEBUG_VARIABLE = "MNIST_LIGHTNING_DEBUG"
 
 
 class UserError(Exception):
@@ -21,3 +28,16 @@ class CheckpointError(UserError, ValueError):
 
 class TrainingDiverged(UserError, FloatingPointError):
     """The training loss stopped being a finite number."""
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Print a `UserError` as `error: <message>` on stderr and exit with status 2; with `MNIST_LIGHTNING_DEBUG=1`
+    the traceback instead. Every command of `python -m mnist_lightning` runs inside this."""
+    try:
+        yield
+    except UserError as e:
+        if os.environ.get(DEBUG_VARIABLE):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

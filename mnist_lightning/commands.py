@@ -1,0 +1,49 @@
+"""`python -m mnist_lightning COMMAND`: the LightningCLI subcommands (fit, validate, test, predict) and the commands
+of their own beside them, each in its own module with a `main(args)`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from mnist_lightning.errors import UserError, one_line_errors
+
+# command: (module, what it does, the extra that installs what it needs)
+COMMANDS = {
+    "sweep": ("mnist_lightning.sweep", "search hyperparameters with Optuna, each trial a fit", "sweep"),
+    "export": ("mnist_lightning.export", "write a checkpoint as a self-checked ONNX model", "serve"),
+    "serve": ("mnist_lightning.serve", "a web page and an HTTP API that read digits", "serve"),
+}
+
+USAGE = """usage: python -m mnist_lightning COMMAND [FLAGS]
+
+Lightning's subcommands (python -m mnist_lightning COMMAND --help lists every flag):
+  fit        train, then test the best checkpoint
+  validate   evaluate a checkpoint on the validation split
+  test       evaluate a checkpoint on the official test set
+  predict    predict the test set, or your own images with --data.predict_path
+"""
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run `python -m mnist_lightning` with `args` (default `sys.argv[1:]`)."""
+    args = sys.argv[1:] if args is None else list(args)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE + "".join(f"  {name:<9}  {about}\n" for name, (_, about, _) in COMMANDS.items()), end="")
+        raise SystemExit(0 if args else 2)
+    if args[0] not in COMMANDS:
+        from mnist_lightning.cli import cli_main  # Lightning's import is the slow part of start-up
+
+        cli_main(args)
+        return
+    module_name, _, extra = COMMANDS[args[0]]
+    with one_line_errors():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name is None or e.name.startswith("mnist_lightning"):
+                raise
+            raise UserError(
+                f"`{args[0]}` needs {e.name}, which is not installed: pip install 'mnist-lightning[{extra}]'"
+            ) from None
+        module.main(args[1:])
