@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import traceback
 import warnings
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import torch
+from jsonargparse.typing import get_registered_type, register_type
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -22,14 +28,17 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.errors import ArgumentError, one_line_errors
+from mnist_lightning.errors import DEBUG_VARIABLE, ArgumentError, one_line_errors
+from mnist_lightning.flags import refuse_unworkable_flags
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.predictions import PredictionWriter
 from mnist_lightning.runs import (
     LastCheckpoint,
     architecture_differences,
     claim_next_version,
+    log_root,
     read_checkpoint,
+    resolve_checkpoint,
     run_folder,
     run_version_of,
 )
@@ -37,6 +46,12 @@ from mnist_lightning.visuals import Dashboard
 
 # Values of --ckpt_path that Lightning resolves itself rather than naming a file.
 SPECIAL_CHECKPOINTS = ("best", "last", "hpc", "registry")
+LIGHTNING_SOURCE = Path(L.__file__).parent
+
+# jsonargparse cannot write a torch.device into config.yaml (StochasticWeightAveraging's `device` argument) unless
+# told how.
+if get_registered_type(torch.device) is None:
+    register_type(torch.device, serializer=str, deserializer=torch.device)
 
 
 class MNISTLightningCLI(LightningCLI):
@@ -87,11 +102,18 @@ class MNISTLightningCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         stop_probing_for_nvml_without_gpus()
         config = self.config[self.subcommand]
+        refuse_unworkable_flags(self.subcommand, config)
         # Lightning refuses a progress bar callback with enable_progress_bar=False; keep that flag working by
         # silencing the bar instead (refresh rate 0 disables it).
         if config.trainer.enable_progress_bar is False:
             config.trainer.enable_progress_bar = True
             config.progress_bar.refresh_rate = 0
+        if not config.trainer.logger:  # the learning-rate monitor has nowhere to log to
+            config.trainer.callbacks = [
+                callback
+                for callback in config.trainer.callbacks or []
+                if not getattr(callback, "class_path", "").endswith("LearningRateMonitor")
+            ]
         self._choose_run_folder(config)
 
     def _choose_run_folder(self, config) -> None:
@@ -101,6 +123,8 @@ class MNISTLightningCLI(LightningCLI):
         `--config <run>/config.yaml` starts a new run.
         """
         self.run_version = self.purge_step = None
+        if config.trainer.fast_dev_run:  # Lightning swaps the logger for one that writes nothing
+            return
         logger = config.trainer.logger
         if not (hasattr(logger, "class_path") and logger.class_path.endswith(("TensorBoardLogger", "CSVLogger"))):
             return
@@ -115,9 +139,13 @@ class MNISTLightningCLI(LightningCLI):
                 # Events the run logged after this checkpoint are dropped from the curves, which then continue.
                 self.purge_step = self.checkpoint["global_step"]
             self.save_config_kwargs["overwrite"] = True  # the same run's config, now with its ckpt_path
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             if rank_zero_only.rank == 0:
                 print(f"Resuming {root / f'version_{resumed}'} from {ckpt_path}")
             return
+        if "spawn" in str(config.trainer.strategy):
+            # The test after fit spawns new processes with the callback's unsaved state: they write the config again.
+            self.save_config_kwargs["overwrite"] = True
         # A fresh folder is claimed by the global rank-0 process only; the others follow the folder Lightning
         # broadcasts from it.
         if rank_zero_only.rank != 0 or os.environ.get("NODE_RANK", "0") != "0":
@@ -130,11 +158,24 @@ class MNISTLightningCLI(LightningCLI):
                 "--trainer.logger.init_args.save_dir DIR"
             ) from None
 
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The Trainer with this subcommand's callbacks: the prediction writer for predict only (Lightning calls
+        every callback at every hook, ~6 per training step); the checkpoint callbacks for fit only, and only while
+        checkpointing is on (Lightning refuses them with `--trainer.enable_checkpointing false`)."""
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        if self.subcommand != "predict":
+            callbacks = [cb for cb in callbacks if not isinstance(cb, PredictionWriter)]
+        if self.subcommand != "fit":
+            config["enable_checkpointing"] = False  # nor Lightning's default one: evaluating saves nothing
+            # The checkpoint callbacks' saved states matter to a resumed fit only; evaluating needs none of them.
+            warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
+        if config.get("enable_checkpointing") is False:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+        return self._instantiate_trainer(config, callbacks)
+
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
-        if self.subcommand != "predict":
-            # Lightning calls every callback at every hook, ~6 per training step, whether it does anything or not.
-            self.trainer.callbacks = [cb for cb in self.trainer.callbacks if not isinstance(cb, PredictionWriter)]
         # (With --trainer.fast_dev_run, Lightning has swapped the configured logger for a dummy that logs nothing.)
         if self.run_version is None or not isinstance(self.trainer.logger, (TensorBoardLogger, CSVLogger)):
             return
@@ -146,6 +187,10 @@ class MNISTLightningCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            config = self.config[subcommand]
+            config.ckpt_path = resolve_checkpoint(subcommand, config.get("ckpt_path"), log_root(config.trainer))
         self._check_checkpoint()
 
     def _check_checkpoint(self) -> None:
@@ -174,30 +219,36 @@ class MNISTLightningCLI(LightningCLI):
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit"):
             return
-        checkpoint = self.trainer.checkpoint_callback
-        assert isinstance(checkpoint, ModelCheckpoint)  # the parser always adds one
-        best_path = checkpoint.best_model_path
-        # Without a best checkpoint (fit stopped before validating), the weights in memory are tested.
-        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best_path or None)
-        best_score = checkpoint.best_model_score
-        self._print_fit_summary(best_path, None if best_score is None else float(best_score), results[0]["test/acc"])
+        checkpoint = self.trainer.checkpoint_callback  # None with --trainer.enable_checkpointing false
+        best_path = checkpoint.best_model_path if checkpoint else ""
+        test_acc = None
+        if self.trainer.limit_test_batches != 0:
+            # Without a best checkpoint (no validation ran, or no checkpoints are kept), the final weights are tested.
+            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best_path or None)
+            test_acc = results[0]["test/acc"]
+        best_score = checkpoint.best_model_score if checkpoint else None
+        self._print_fit_summary(best_path, None if best_score is None else float(best_score), test_acc)
 
     @rank_zero_only
-    def _print_fit_summary(self, best_path: str, best_val_acc: float | None, test_acc: float) -> None:
-        run = run_folder(self.trainer)
-        lines = []
-        if best_path:
-            lines.append(f"Best checkpoint   {best_path}")
+    def _print_fit_summary(self, best_path: str, best_val_acc: float | None, test_acc: float | None) -> None:
+        lines = [f"Best checkpoint   {best_path}" if best_path else "Best checkpoint   none: the final weights count"]
         if best_val_acc is not None:
             lines.append(f"  val accuracy    {best_val_acc:.4f}")
-        lines.append(f"Test accuracy     {test_acc:.4f}")
-        lines.append(f"Run folder        {run}")
-        lines.append(f"TensorBoard       tensorboard --logdir {run.parent}")
-        if best_path:
-            lines.append(
-                f"Test it again     python -m mnist_lightning test --config {run / 'config.yaml'} "
-                f"--ckpt_path {best_path}"
-            )
+        tested = "not tested (--trainer.limit_test_batches 0)" if test_acc is None else f"{test_acc:.4f}"
+        lines.append(f"Test accuracy     {tested}")
+        logger = self.trainer.logger
+        if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+            run = run_folder(self.trainer)
+            lines.append(f"Run folder        {run}")
+            if isinstance(logger, TensorBoardLogger):
+                lines.append(f"TensorBoard       tensorboard --logdir {run.parent}")
+            else:
+                lines.append(f"Metrics           {Path(logger.experiment.metrics_file_path)}")
+            if best_path:
+                lines.append(
+                    f"Test it again     python -m mnist_lightning test --config {run / 'config.yaml'} "
+                    f"--ckpt_path {best_path}"
+                )
         print("\n" + "\n".join(lines))
 
 
@@ -239,7 +290,8 @@ def is_not_an_advert(record: logging.LogRecord) -> bool:
 def cli_main(args: ArgsType = None) -> MNISTLightningCLI | None:
     """Run the LightningCLI subcommands; `args` replaces `sys.argv[1:]` (a list of strings or a dict).
 
-    Errors the user can fix are printed as one line (set MNIST_LIGHTNING_DEBUG=1 for the traceback).
+    Errors the user can fix, Lightning's refusals of a flag among them, are printed as one line (set
+    MNIST_LIGHTNING_DEBUG=1 for the traceback).
     """
     silence_third_party_noise()
     with one_line_errors():
@@ -252,3 +304,22 @@ def cli_main(args: ArgsType = None) -> MNISTLightningCLI | None:
             )
         except SIGTERMException:
             raise SystemExit(128 + 15) from None  # LastCheckpoint has said how to resume
+        except (MisconfigurationException, ValueError, TypeError) as e:
+            if not is_lightnings_refusal(e) or os.environ.get(DEBUG_VARIABLE):
+                raise
+            message = " ".join(str(e).split())
+            raise ArgumentError(f"{message} ({hint_for(message)})") from None
+
+
+def is_lightnings_refusal(error: Exception) -> bool:
+    """A MisconfigurationException, or a ValueError or TypeError raised by Lightning's own checks of its flags."""
+    if isinstance(error, MisconfigurationException):
+        return True
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).is_relative_to(LIGHTNING_SOURCE)
+
+
+def hint_for(message: str) -> str:
+    if re.search(r"\bgpu\b|cuda|mps", message, re.IGNORECASE) and not torch.cuda.is_available():
+        return "this machine has no GPU: use --trainer.accelerator cpu, or auto"
+    return "a Trainer flag Lightning refused: `python -m mnist_lightning fit --help` lists each with its values"

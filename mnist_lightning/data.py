@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mnist_lightning.augment import Distortion
-from mnist_lightning.errors import ArgumentError
+from mnist_lightning.errors import ArgumentError, DataError
 from mnist_lightning.handwriting import read_digit_images
 from mnist_lightning.sources import DATASETS, DatasetSpec, default_data_dir, ensure_raw_files
 
@@ -113,6 +113,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.predict_set: InMemoryImages | None = None
         self.predict_files: list[Path] = []
         self.predict_failures: list[tuple[Path, str]] = []
+        self.input_dtype = torch.float32
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -124,6 +125,10 @@ class MNISTDataModule(L.LightningDataModule):
         ensure_raw_files(self.spec, self.data_dir)
 
     def setup(self, stage: str) -> None:
+        if self.trainer is not None:
+            # With a true-precision Trainer (16-true, bf16-true, 64-true) Lightning converts floating-point inputs
+            # before this module has turned the uint8 pixels into floats: the floats are made in its dtype here.
+            self.input_dtype = self.trainer.precision_plugin.convert_input(torch.zeros(())).dtype
         # Lightning calls setup once per stage (fit, then test after fit): build each split only once.
         if stage in ("fit", "validate") and self.train_set is None:
             images, labels = self._read_split("train")
@@ -140,6 +145,12 @@ class MNISTDataModule(L.LightningDataModule):
             self.test_set = InMemoryImages(*self._read_split("t10k"))
         if own_images and self.predict_set is None:
             self.predict_files, images, self.predict_failures = read_digit_images(Path(self.hparams.predict_path))
+            if not self.predict_files:
+                found = f"{len(self.predict_failures)} files, none usable" if self.predict_failures else "no files"
+                raise DataError(
+                    f"--data.predict_path {self.hparams.predict_path} holds no image to predict ({found}): point "
+                    "it at a PNG, JPEG, BMP or TIFF file, or a folder of them"
+                )
             unknown = torch.full((len(images),), -1, dtype=torch.int64)
             self.predict_set = InMemoryImages(images.to(self._device), unknown.to(self._device))
 
@@ -159,14 +170,14 @@ class MNISTDataModule(L.LightningDataModule):
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 pixels to floats with the dataset's mean 0 and standard deviation 1."""
-        return images.float().sub_(255 * self.spec.mean).div_(255 * self.spec.std)
+        return images.to(self.input_dtype).sub_(255 * self.spec.mean).div_(255 * self.spec.std)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         images, labels = batch
         if self.distortion.enabled and self.trainer is not None and self.trainer.training:
             # Distorted on the 0-1 scale, where the background is 0 (what grid_sample fills in at the edges).
             distorted = self.distortion(images.float().div_(255))
-            return distorted.sub_(self.spec.mean).div_(self.spec.std), labels
+            return distorted.sub_(self.spec.mean).div_(self.spec.std).to(self.input_dtype), labels
         return self.normalize(images), labels
 
     def train_dataloader(self) -> DataLoader[Batch]:

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from mnist_lightning.errors import CheckpointError, UserError
 
@@ -67,6 +68,64 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict)")
     return checkpoint
+
+
+def log_root(trainer_config: Any) -> Path:
+    """The folder that holds a configuration's runs: `save_dir/name` of its TensorBoard or CSV logger, else the
+    Trainer's `default_root_dir` (where Lightning keeps checkpoints without a logger)."""
+    logger = trainer_config.logger
+    if isinstance(logger, list):
+        logger = logger[0] if logger else None
+    init_args = getattr(logger, "init_args", None)
+    if init_args is not None and getattr(logger, "class_path", "").endswith(("TensorBoardLogger", "CSVLogger")):
+        return Path(init_args.save_dir or ".") / (init_args.name or "")
+    return Path(trainer_config.default_root_dir or ".")
+
+
+def latest_checkpoints_folder(root: Path) -> Path | None:
+    """The `checkpoints/` folder under `root` (a run's, or root's own) holding the most recently written checkpoint."""
+    files = [*root.glob("checkpoints/*.ckpt"), *root.glob("*/checkpoints/*.ckpt")]
+    return max(files, key=lambda file: file.stat().st_mtime).parent if files else None
+
+
+def best_checkpoint(folder: Path) -> Path | None:
+    """The best checkpoint in a run's `checkpoints/` folder: the only one besides last.ckpt, or, when several are
+    kept (`--checkpoint.save_top_k`), the one the newest of them records as best."""
+    kept = sorted((p for p in folder.glob("*.ckpt") if not p.name.startswith("last")), key=lambda p: p.stat().st_mtime)
+    if len(kept) <= 1:
+        return kept[0] if kept else None
+    states = read_checkpoint(kept[-1]).get("callbacks", {})
+    recorded = [Path(state["best_model_path"]).name for key, state in states.items() if key.startswith("ModelCheck")]
+    return next((folder / name for name in recorded if (folder / name).is_file()), kept[-1])
+
+
+def resolve_checkpoint(subcommand: str, ckpt_path: str | None, root: Path) -> str | None:
+    """What `--ckpt_path` means here, as a file (or None for a fresh fit).
+
+    `fit`: `last` resumes the most recent run under `root`. `validate`, `test`, `predict`: `last` is that run's
+    last.ckpt, `best` or no `--ckpt_path` its best checkpoint; never the untrained weights of a new model.
+    """
+    if subcommand == "fit":
+        if ckpt_path == "best":
+            raise CheckpointError(
+                "fit --ckpt_path best: resuming needs the latest state, not the best: pass --ckpt_path last or a file"
+            )
+        if ckpt_path != "last":
+            return ckpt_path
+    elif ckpt_path not in (None, "best", "last"):
+        return ckpt_path
+    folder = latest_checkpoints_folder(root)
+    which = "last" if ckpt_path == "last" else "best"
+    found = None if folder is None else folder / "last.ckpt" if which == "last" else best_checkpoint(folder)
+    if found is None or not found.is_file():
+        given = f"--ckpt_path {ckpt_path}" if ckpt_path else "no --ckpt_path"
+        raise CheckpointError(
+            f"{subcommand} with {given}: no {which} checkpoint in {folder or root}: train one with "
+            "`python -m mnist_lightning fit`, or pass --ckpt_path FILE"
+        )
+    if subcommand != "fit" and rank_zero_only.rank == 0:  # a resumed fit says "Resuming ..." itself
+        print(f"Using the {which} checkpoint of the most recent run: {found}", file=sys.stderr)
+    return str(found)
 
 
 def architecture_differences(checkpoint: dict[str, Any], hparams: dict[str, Any]) -> list[str]:

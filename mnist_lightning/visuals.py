@@ -8,7 +8,10 @@ callbacks cost ~4 % of an epoch of the seed model before drawing anything. Each 
 from __future__ import annotations
 
 import heapq
+import itertools
+import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import matplotlib
@@ -17,7 +20,7 @@ matplotlib.use("Agg")  # figures are rendered to files and TensorBoard, never to
 
 import matplotlib.pyplot as plt
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
@@ -88,8 +91,8 @@ def write_histogram(writer: SummaryWriter, tag: str, values: Tensor, step: int, 
 class Dashboard(L.Callback):
     """What the model learned, in TensorBoard, at epoch ends only and from global rank 0 only.
 
-    Does nothing when the run has no TensorBoard logger. The confusion matrices and the most confident mistakes
-    are also saved as PNG files in the run folder.
+    The confusion matrices and the most confident mistakes are also saved as PNG files in the run folder, with a
+    CSV logger too; the other panels need a TensorBoard logger. Without a logger it draws nothing.
 
     Args:
         samples: a labelled grid of training images, once when training starts (`samples/train`).
@@ -130,6 +133,8 @@ class Dashboard(L.Callback):
         self.hparams_declared = False
         self.last_val_matrix: Tensor | None = None
         self.mistakes: list[tuple[float, int, Tensor, int, int]] = []
+        self.mistake_count = itertools.count()
+        self.noted_missing_tensorboard = False
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
@@ -144,15 +149,37 @@ class Dashboard(L.Callback):
         return None
 
     @staticmethod
-    def save_png(trainer: L.Trainer, figure: Figure, name: str) -> None:
-        path = run_folder(trainer) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110, bbox_inches="tight")
+    def png_folder(trainer: L.Trainer) -> Path | None:
+        """The run folder the figures are saved to, if this process saves them (rank 0 of a run that logs to a
+        folder, not sanity checking)."""
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return None
+        if any(isinstance(logger, (TensorBoardLogger, CSVLogger)) for logger in trainer.loggers):
+            return run_folder(trainer)
+        return None
+
+    def publish(self, trainer: L.Trainer, figure: Figure, tag: str, filename: str) -> None:
+        """Save `figure` as `filename` in the run folder, add it to TensorBoard as `tag` (if logged there), close it."""
+        folder = self.png_folder(trainer)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            figure.savefig(folder / filename, dpi=110, bbox_inches="tight")
+        writer = self.writer(trainer)
+        if writer is not None and tag:
+            writer.add_figure(tag, figure, global_step=trainer.global_step)
+        plt.close(figure)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.classes = list(trainer.datamodule.classes)  # type: ignore[attr-defined]
         self.spec = trainer.datamodule.spec  # type: ignore[attr-defined]
         self.matrix = MulticlassConfusionMatrix(len(self.classes), validate_args=False).to(pl_module.device)
+        if self.png_folder(trainer) is not None and self.writer(trainer) is None and not self.noted_missing_tensorboard:
+            self.noted_missing_tensorboard = True
+            print(
+                "note: the dashboard's TensorBoard panels (samples, weights, histograms, HPARAMS) need "
+                "--trainer.logger TensorBoardLogger; its PNG figures are saved to the run folder",
+                file=sys.stderr,
+            )
 
     # --- start ----------------------------------------------------------------------------------------------
 
@@ -162,6 +189,7 @@ class Dashboard(L.Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._declare_hparams(trainer, pl_module)  # a test run of its own; after a fit, the fit declared them
         self.mistakes = []
+        self.mistake_count = itertools.count()
 
     def _declare_hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Only the table's columns are declared; TensorBoard fills them with the last values logged under those
@@ -227,17 +255,17 @@ class Dashboard(L.Callback):
         if not self.panels["confusion_matrix"]:
             return
         matrix = self._confusion_matrix()
+        if self.png_folder(trainer) is not None:
+            self.last_val_matrix = matrix
         writer = self.writer(trainer)
         if writer is not None:
-            self.last_val_matrix = matrix
             writer.add_image("confusion_matrix/val", confusion_heatmap(matrix), global_step=trainer.global_step)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.last_val_matrix is not None and self.writer(trainer) is not None:
+        if self.last_val_matrix is not None:
             title = f"validation set, epoch {trainer.current_epoch - 1}"
             figure = self._confusion_figure(self.last_val_matrix, title)
-            self.save_png(trainer, figure, "confusion_matrix_val.png")
-            plt.close(figure)
+            self.publish(trainer, figure, "", "confusion_matrix_val.png")
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         images, labels = batch
@@ -246,9 +274,11 @@ class Dashboard(L.Callback):
         if self.panels["misclassified"]:
             confidence, predicted = outputs["logits"].softmax(dim=-1).max(dim=-1)
             for i in (predicted != labels).nonzero().flatten().tolist():
+                # The running count breaks ties in confidence (common in half precision) before the heap would
+                # compare the images.
                 entry = (
                     confidence[i].item(),
-                    len(self.mistakes),
+                    next(self.mistake_count),
                     images[i].cpu(),
                     labels[i].item(),
                     predicted[i].item(),
@@ -260,22 +290,18 @@ class Dashboard(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         matrix = self._confusion_matrix() if self.panels["confusion_matrix"] else None
-        writer = self.writer(trainer)
-        if writer is None:
+        if self.png_folder(trainer) is None:
             return
-        step = trainer.global_step
         if matrix is not None:
             figure = self._confusion_figure(matrix, "test set")
-            self.save_png(trainer, figure, "confusion_matrix_test.png")
-            writer.add_figure("confusion_matrix/test", figure, global_step=step)
+            self.publish(trainer, figure, "confusion_matrix/test", "confusion_matrix_test.png")
         if self.panels["misclassified"] and self.mistakes:
             mistakes = sorted(self.mistakes, reverse=True)
             images = torch.stack([image for _, _, image, _, _ in mistakes]).float() * self.spec.std + self.spec.mean
             captions = [f"{self.classes[true]}→{self.classes[pred]} {conf:.2f}" for conf, _, _, true, pred in mistakes]
             figure = labelled_grid(images.clamp(0, 1), captions)
             figure.suptitle("most confident mistakes: true→predicted, confidence", fontsize=9)
-            self.save_png(trainer, figure, "misclassified_test.png")
-            writer.add_figure("misclassified/test", figure, global_step=step)
+            self.publish(trainer, figure, "misclassified/test", "misclassified_test.png")
 
     def _confusion_matrix(self) -> Tensor:
         matrix = self.matrix.compute()  # on every process: under DDP this gathers the counts

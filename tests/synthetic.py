@@ -37,9 +37,10 @@ def synthetic_arrays(count: int, seed: int, mislabelled: float = 0.0) -> tuple[n
     return images, labels
 
 
-def write_synthetic_mnist(data_dir: Path, train: int = 1200, test: int = 300) -> Path:
-    """Write the four IDX files under `data_dir/MNIST/raw`, with their digests beside them; return that folder."""
-    raw = DATASETS["mnist"].raw_dir(data_dir)
+def write_synthetic_mnist(data_dir: Path, train: int = 1200, test: int = 300, dataset: str = "mnist") -> Path:
+    """Write the four IDX files of `dataset` under its raw folder in `data_dir`, with their digests beside them;
+    return that folder."""
+    raw = DATASETS[dataset].raw_dir(data_dir)
     # Some test labels are wrong, so that test accuracy is below 1 and there are mistakes to show.
     for prefix, count, seed, mislabelled in (("train", train, 1, 0.0), ("t10k", test, 2, 0.05)):
         images, labels = synthetic_arrays(count, seed, mislabelled)
@@ -51,9 +52,12 @@ def write_synthetic_mnist(data_dir: Path, train: int = 1200, test: int = 300) ->
 
 
 def trust_synthetic_mnist(data_dir: Path) -> None:
-    """Make this process accept the synthetic files as MNIST (and never fetch anything)."""
-    digests = json.loads((DATASETS["mnist"].raw_dir(data_dir) / DIGESTS_FILE).read_text())
-    DATASETS["mnist"] = dataclasses.replace(DATASETS["mnist"], sha256=digests, sources=())
+    """Make this process accept the synthetic files in `data_dir` as the datasets they stand for (and never fetch
+    anything)."""
+    for name, spec in DATASETS.items():
+        digests = Path(spec.raw_dir(data_dir)) / DIGESTS_FILE
+        if digests.is_file():
+            DATASETS[name] = dataclasses.replace(spec, sha256=json.loads(digests.read_text()), sources=())
 
 
 def cli_command(data_dir: Path, *args: str) -> list[str]:

@@ -57,3 +57,12 @@ def test_a_run_resumes_across_ddp_and_a_single_process(synthetic_dir: Path, tmp_
     run_cli(synthetic_dir, tmp_path, "fit", *RUN, "--trainer.max_epochs=3", *resume)
     state = read_checkpoint(last)
     assert state["epoch"] == 2 and state["global_step"] == 20 + 10 + 20
+
+
+def test_ddp_spawn_fits_tests_and_writes_one_config(synthetic_dir: Path, tmp_path: Path) -> None:
+    spawn = ["--trainer.strategy=ddp_spawn", "--trainer.accelerator=cpu", "--trainer.devices=2"]
+    output = run_cli(synthetic_dir, tmp_path, "fit", *RUN, *spawn, "--trainer.max_epochs=1")
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert [path.name for path in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 10
+    assert (run / "config.yaml").is_file() and output.count("Test accuracy") == 1
