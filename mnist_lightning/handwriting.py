@@ -48,8 +48,10 @@ def load_image(source: Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Imag
             return image.convert("L")
     except UnidentifiedImageError:
         raise UnusableImage("not an image file (PNG, JPEG, BMP or TIFF)") from None
+    except Image.DecompressionBombError as e:  # Pillow's own limit, checked when the header is read
+        raise UnusableImage(f"over the {max_pixels / 1e6:g}-megapixel limit ({e})") from None
     # Malformed files make Pillow's decoders raise any of these; each means the same to the user.
-    except (OSError, Image.DecompressionBombError, ValueError, SyntaxError, EOFError, IndexError, struct.error) as e:
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error) as e:
         raise UnusableImage(f"unreadable image ({e})") from None
 
 
