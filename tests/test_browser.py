@@ -53,11 +53,15 @@ def page(server: str):
 
 
 def shown(page) -> dict:
-    """What the page shows: the digit, the probability of each bar, and the 28×28 image as grey levels."""
+    """What the page shows: the digit, the probability of each bar and its length as drawn (a share of its track),
+    and the 28×28 image as grey levels."""
     return page.evaluate(
         """() => ({
             digit: document.getElementById("digit").textContent,
             bars: [...document.querySelectorAll("#bars li")].map((row) => Number(row.dataset.probability)),
+            drawn: [...document.querySelectorAll("#bars li")].map(
+                (row) => row.querySelector(".fill").offsetWidth / row.querySelector(".track").offsetWidth
+            ),
             best: document.querySelector("#bars li.best").dataset.class,
             seen: [...document.getElementById("seen").getContext("2d").getImageData(0, 0, 28, 28).data]
                 .filter((_, i) => i % 4 === 0),
@@ -75,6 +79,7 @@ def assert_page_shows(page, answer: dict) -> None:
     on_page = shown(page)
     assert on_page["digit"] == answer["label"] and on_page["best"] == str(answer["digit"])
     assert on_page["bars"] == pytest.approx(answer["probabilities"], abs=1e-9)
+    assert on_page["drawn"] == pytest.approx(answer["probabilities"], abs=0.02)
     assert on_page["seen"] == [grey for row in answer["image"] for grey in row]
     assert max(on_page["seen"]) > 200, "the digit the model saw is shown, not a blank square"
 

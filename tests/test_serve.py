@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFile
 
 from mnist_lightning.errors import ArgumentError
 from mnist_lightning.handwriting import UnusableImage, prepare_digit
-from mnist_lightning.inference import OnnxPredictor, TorchPredictor
+from mnist_lightning.inference import OnnxPredictor
 from mnist_lightning.serve import MAX_BYTES, load_predictor, parser
 from tests.serving import Exported
 
@@ -167,12 +167,17 @@ def test_a_huge_image_is_refused_before_it_is_decoded(monkeypatch: pytest.Monkey
         prepare_digit(huge_png())  # what serve does with an upload
 
 
-def test_the_torch_runtime_predicts_like_onnxruntime(exported: Exported) -> None:
+def test_every_way_to_load_a_model_predicts_the_same(exported: Exported, capsys) -> None:
     digits = np.stack([prepare_digit(encoded(drawing(seed))).numpy() for seed in range(4)])
     pixels = digits.astype(np.float32) / 255
-    torch_predictor = TorchPredictor.from_checkpoint(exported.checkpoint)
-    np.testing.assert_allclose(torch_predictor(pixels), OnnxPredictor(exported.model)(pixels), atol=1e-5)
-    assert torch_predictor.info == OnnxPredictor(exported.model).info
+    from_file = load_predictor(None, exported.model, "onnxruntime")
+    exported_in_memory = load_predictor(exported.checkpoint, None, "onnxruntime")  # serve --ckpt_path
+    torch_runtime = load_predictor(exported.checkpoint, None, "torch")
+    assert [p.runtime for p in (from_file, exported_in_memory, torch_runtime)] == ["onnxruntime"] * 2 + ["torch"]
+    assert "Exporting" in capsys.readouterr().out
+    for predictor in (exported_in_memory, torch_runtime):
+        np.testing.assert_allclose(predictor(pixels), from_file(pixels), atol=1e-5)
+        assert predictor.info == from_file.info
 
 
 def test_flags_that_cannot_work_are_refused(exported: Exported, tmp_path: Path) -> None:
