@@ -152,7 +152,7 @@ def test_concurrent_clients_each_get_the_answer_for_their_own_image(client: http
         return index, response.json() if response.status_code == 200 else {"status": response.status_code}
 
     with ThreadPoolExecutor(max_workers=32) as pool:
-        answers = list(pool.map(ask, range(64)))
+        answers = list(pool.map(ask, range(32)))
     for index, answer in answers:
         assert answer == expected[index % 8]
 
