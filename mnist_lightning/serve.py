@@ -19,7 +19,6 @@ import anyio
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from jsonargparse import ArgumentParser
@@ -53,9 +52,10 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, max_pixels: int
             message = f"{where} is not allowed: use {(error.headers or {}).get('Allow', 'another method')}"
         return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=422)
+    @app.exception_handler(Exception)
+    async def bug(request: Request, error: Exception) -> JSONResponse:  # JSON, so the page can show it
+        message = f"internal error ({type(error).__name__}), a bug in mnist_lightning: please report it"
+        return JSONResponse({"error": message}, status_code=500)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

@@ -96,30 +96,59 @@ OVERSIZED = bytes(MAX_BYTES + 1)
 @pytest.mark.parametrize(
     ("method", "body", "headers", "status", "message"),
     [
-        ("POST", lambda: b"", {"Content-Type": "image/png"}, 400, "the request has no image"),
-        ("POST", lambda: b"a shopping list", {"Content-Type": "image/png"}, 422, "not an image file"),
-        ("POST", lambda: encoded(drawing(1))[:400], {"Content-Type": "image/png"}, 422, "unreadable image"),
-        ("POST", lambda: encoded(Image.new("L", (400, 300), 230)), {}, 422, "blank image"),
-        ("POST", huge_png, {"Content-Type": "image/png"}, 422, "12000×12000 pixels is over the 50-megapixel"),
-        ("POST", lambda: png_header_claiming(40_000, 40_000), {}, 422, "over the 50-megapixel"),
-        ("POST", lambda: OVERSIZED, {"Content-Type": "image/png"}, 413, "over the 10 MiB limit"),
-        ("POST", lambda: chunks(OVERSIZED), {"Content-Type": "image/png"}, 413, "over the 10 MiB limit"),
-        ("POST", lambda: b"--x--\r\n", {"Content-Type": "multipart/form-data; boundary=x"}, 400, "no file field"),
-        ("GET", lambda: None, {}, 405, "GET /predict is not allowed: use POST"),
-        ("DELETE", lambda: None, {}, 405, "not allowed"),
-    ],
-    ids=[
-        "empty",
-        "text",
-        "truncated",
-        "blank",
-        "12000x12000",
-        "40000x40000",
-        "10MiB",
-        "10MiB-chunked",
-        "no-file",
-        "get",
-        "delete",
+        pytest.param("POST", lambda: b"", {"Content-Type": "image/png"}, 400, "the request has no image", id="empty"),
+        pytest.param(
+            "POST", lambda: b"a shopping list", {"Content-Type": "image/png"}, 422, "not an image file", id="text"
+        ),
+        pytest.param(
+            "POST",
+            lambda: encoded(drawing(1))[:400],
+            {"Content-Type": "image/png"},
+            422,
+            "unreadable image",
+            id="truncated",
+        ),
+        pytest.param("POST", lambda: encoded(Image.new("L", (400, 300), 230)), {}, 422, "blank image", id="blank"),
+        pytest.param(
+            "POST",
+            huge_png,
+            {"Content-Type": "image/png"},
+            422,
+            "12000×12000 pixels is over the 50-megapixel",
+            id="12000x12000",
+        ),
+        pytest.param(
+            "POST", lambda: png_header_claiming(40_000, 40_000), {}, 422, "over the 50-megapixel", id="40000x40000"
+        ),
+        pytest.param(
+            "POST", lambda: OVERSIZED, {"Content-Type": "image/png"}, 413, "over the 10 MiB limit", id="10MiB"
+        ),
+        pytest.param(
+            "POST",
+            lambda: chunks(OVERSIZED),
+            {"Content-Type": "image/png"},
+            413,
+            "over the 10 MiB limit",
+            id="10MiB-chunked",
+        ),
+        pytest.param(
+            "POST",
+            lambda: b"--x--\r\n",
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            400,
+            "no file field",
+            id="no-file",
+        ),
+        pytest.param(
+            "POST",
+            lambda: b"--x--",
+            {"Content-Type": "multipart/form-data"},
+            400,
+            "Missing boundary in multipart",
+            id="no-boundary",
+        ),
+        pytest.param("GET", lambda: None, {}, 405, "GET /predict is not allowed: use POST", id="get"),
+        pytest.param("DELETE", lambda: None, {}, 405, "not allowed", id="delete"),
     ],
 )
 def test_bad_input_gets_a_4xx_json_error_that_says_what_is_wrong(
