@@ -9,7 +9,6 @@ with the checkpoint's own predictions.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +48,7 @@ class Agreement:
 
     def __str__(self) -> str:
         return (
-            f"onnxruntime agrees with the checkpoint on {self.same_predictions:,} of {self.images:,} test images "
+            f"onnxruntime agrees with the checkpoint on {self.same_predictions:,} of {self.images:,} images "
             f"({self.same_predictions / self.images:.2%}); largest probability difference {self.max_difference:.1e}"
         )
 
@@ -81,7 +80,7 @@ def main(args: list[str]) -> None:
     model, info = load_probability_model(config.ckpt_path)
     onnx_model = to_onnx(model, info)
     agreement = compare_on_test_set(model, onnx_model, info.dataset, config.data_dir)
-    print(agreement)
+    print(f"Official test set: {agreement}")
     require(agreement, config.ckpt_path)
     write_atomically(output, onnx_model)
     accuracy = "" if info.val_accuracy is None else f", validation accuracy {info.val_accuracy:.4f}"
@@ -117,18 +116,15 @@ def to_onnx(model: ProbabilityModel, info: ModelInfo) -> bytes:
     torch 2.x but warns that it will be removed. Without `dynamic_shapes` it would fix the batch size.
     """
     example = torch.zeros(2, 1, 28, 28)
-    with warnings.catch_warnings():
-        # torch.export's notes on its own internals, which a user cannot act on
-        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
-        program = torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            verbose=False,
-        )
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        verbose=False,
+    )
     program.model.metadata_props.update(info.metadata())
     return program.model_proto.SerializeToString()
 

@@ -21,9 +21,7 @@ from tests.synthetic import synthetic_arrays
 
 
 def test_export_checks_itself_on_the_whole_test_set_and_says_so(exported: Exported) -> None:
-    match = re.search(
-        r"agrees with the checkpoint on (\d+) of (\d+) test images.*difference ([0-9.e+-]+)", exported.printed
-    )
+    match = re.search(r"agrees with the checkpoint on (\d+) of (\d+) images.*difference ([0-9.e+-]+)", exported.printed)
     assert match, exported.printed
     assert match.group(1) == match.group(2) == "300", "all of the synthetic test set"
     assert float(match.group(3)) < export.TOLERANCE
@@ -109,5 +107,5 @@ def test_a_batch_norm_network_exports_in_eval_mode(synthetic_mnist: Path, tmp_pa
         {"state_dict": model.state_dict(), "hyper_parameters": hparams, "datamodule_hyper_parameters": {}}, checkpoint
     )
     export.main(["--ckpt_path", str(checkpoint), "--data_dir", str(synthetic_mnist)])
-    assert "on 300 of 300 test images (100.00%)" in capsys.readouterr().out
+    assert "on 300 of 300 images (100.00%)" in capsys.readouterr().out
     assert "val_accuracy" not in {p.key for p in onnx.load(tmp_path / "bn.onnx").metadata_props}
