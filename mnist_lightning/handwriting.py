@@ -2,11 +2,14 @@
 
 MNIST's digits are white ink on black, fitted into 20×20 pixels and placed in a 28×28 field so that their centre of
 mass is in the middle. `mnist_style` does the same to any image of one digit; `read_digit_images` applies it to a
-file or a folder and reports, rather than raises, each file it cannot use.
+file or a folder and reports, rather than raises, each file it cannot use; `serve` applies `prepare_digit` to each
+uploaded image.
 """
 
 from __future__ import annotations
 
+import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -27,23 +30,34 @@ class UnusableImage(Exception):
     """One file that cannot be predicted; the message says why."""
 
 
-def load_image(path: Path) -> Image.Image:
-    """Open an image file of at most 50 megapixels, flattened onto white if it has transparency."""
-    if path.stat().st_size == 0:
+def load_image(source: Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image file, or an image file's bytes, of at most `max_pixels` pixels, as greyscale ("L"), flattened
+    onto white if it has transparency."""
+    if (source.stat().st_size if isinstance(source, Path) else len(source)) == 0:
         raise UnusableImage("empty file (0 bytes)")
     try:
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_PIXELS:  # checked on the header, before decoding
-                raise UnusableImage(f"{image.width}×{image.height} pixels is over the 50-megapixel limit")
+        with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
+            if image.width * image.height > max_pixels:  # checked on the header, before decoding
+                raise UnusableImage(
+                    f"{image.width}×{image.height} pixels is over the {max_pixels / 1e6:g}-megapixel limit"
+                )
             image.load()
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 white = Image.new("RGBA", image.size, "white")
-                return Image.alpha_composite(white, image.convert("RGBA"))
-            return image.copy()
+                return Image.alpha_composite(white, image.convert("RGBA")).convert("L")
+            return image.convert("L")
     except UnidentifiedImageError:
         raise UnusableImage("not an image file (PNG, JPEG, BMP or TIFF)") from None
-    except (OSError, Image.DecompressionBombError, ValueError) as e:
+    except Image.DecompressionBombError as e:  # Pillow's own limit, checked when the header is read
+        raise UnusableImage(f"over the {max_pixels / 1e6:g}-megapixel limit ({e})") from None
+    # Malformed files make Pillow's decoders raise any of these; each means the same to the user.
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error) as e:
         raise UnusableImage(f"unreadable image ({e})") from None
+
+
+def prepare_digit(source: Path | bytes, max_pixels: int = MAX_PIXELS) -> Tensor:
+    """An image file (or its bytes) of one digit as a uint8 1×28×28 MNIST digit; `UnusableImage` says why not."""
+    return mnist_style(load_image(source, max_pixels))
 
 
 def mnist_style(image: Image.Image) -> Tensor:
@@ -94,7 +108,7 @@ def read_digit_images(path: Path) -> tuple[list[Path], Tensor, list[tuple[Path, 
     used, images, failures = [], [], []
     for file in files:
         try:
-            images.append(mnist_style(load_image(file)))
+            images.append(prepare_digit(file))
             used.append(file)
         except UnusableImage as e:
             failures.append((file, str(e)))

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from mnist_lightning.sources import DATASETS
+from tests.serving import exported, server, tiny_checkpoint  # noqa: F401 (session fixtures for export and serve)
 from tests.synthetic import trust_synthetic_mnist, write_synthetic_mnist
 
 

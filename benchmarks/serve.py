@@ -1,0 +1,195 @@
+"""Requests per second and latency of `python -m mnist_lightning serve`, onnxruntime against torch; and one image
+through `predict` against one request to a running `serve`. Measured, never asserted.
+
+1. `model`: one 28×28 image through each runtime's predictor in this process (no HTTP, no image preparation):
+   the median of many calls, in microseconds.
+2. `serve`: a server process per runtime (`--model X.onnx` for onnxruntime, `--ckpt_path X --runtime torch`), and
+   1, 8 and 32 client threads, each with its own keep-alive connection, posting the same 280×280 PNG drawing
+   for `--duration` seconds; the runtimes alternate at each level. The clients run on the same machine and take
+   CPU from the server: on 2 cores the numbers are a floor, not a capacity.
+3. `predict`: `python -m mnist_lightning predict --ckpt_path X --data.predict_path one.png` as a fresh process,
+   which is how a single image is read without a server, against one request to the running server.
+
+    python benchmarks/serve.py --ckpt_path CKPT --model MODEL.onnx              # about 3 minutes
+    python benchmarks/serve.py --ckpt_path CKPT --model MODEL.onnx --duration 3  # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from bench import REPO_ROOT, RESULTS_DIR, write_report
+from PIL import Image, ImageDraw
+
+RUNTIMES = ("onnxruntime", "torch")
+ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}  # this checkout's package, whatever the working folder
+
+
+def drawn_seven() -> bytes:
+    """A 7 as the page sends it: white strokes on a black 280×280 canvas, PNG."""
+    image = Image.new("L", (280, 280), 0)
+    ImageDraw.Draw(image).line([(80, 60), (200, 58), (130, 235)], fill=255, width=22)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def model_microseconds(ckpt_path: Path, model: Path, calls: int = 2000) -> dict[str, float]:
+    sys.path.insert(0, str(REPO_ROOT))
+    from mnist_lightning.inference import OnnxPredictor, TorchPredictor
+
+    pixels = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    results = {}
+    for predictor in (OnnxPredictor(model, threads=1), TorchPredictor.from_checkpoint(ckpt_path)):
+        for _ in range(100):
+            predictor(pixels)
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            predictor(pixels)
+            times.append(time.perf_counter() - start)
+        results[predictor.runtime] = statistics.median(times) * 1e6
+    return results
+
+
+class Server:
+    """`python -m mnist_lightning serve ... --port 0` in a subprocess; `url` once it listens."""
+
+    def __init__(self, *args: str) -> None:
+        command = [sys.executable, "-m", "mnist_lightning", "serve", *args, "--port", "0"]
+        started = time.perf_counter()
+        self.process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for line in self.process.stderr:
+            if match := re.search(r"Uvicorn running on (http://\S+)", line):
+                self.url = match.group(1)
+                break
+        else:
+            raise RuntimeError(f"serve {' '.join(args)} did not start")
+        self.startup_seconds = time.perf_counter() - started
+        # Keep draining stderr, so that the server never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in self.process.stderr], daemon=True).start()
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def load(url: str, image: bytes, clients: int, duration: float) -> dict[str, float]:
+    """`clients` threads posting `image` back to back for `duration` seconds."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    failures = [0] * clients
+    deadline = time.perf_counter() + duration
+
+    def client(index: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as session:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                response = session.post("/predict", content=image, headers={"Content-Type": "image/png"})
+                latencies[index].append(time.perf_counter() - start)
+                failures[index] += response.status_code != 200
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    times = np.array([t for per_client in latencies for t in per_client])
+    return {
+        "requests": len(times),
+        "failures": sum(failures),
+        "requests_per_second": len(times) / elapsed,
+        "p50_ms": float(np.percentile(times, 50) * 1e3),
+        "p99_ms": float(np.percentile(times, 99) * 1e3),
+    }
+
+
+def timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def predict_once(ckpt_path: Path, image: bytes) -> float:
+    """Seconds for `predict --data.predict_path` on one image, as a fresh process (what a user would run)."""
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "seven.png").write_bytes(image)
+        command = [sys.executable, "-m", "mnist_lightning", "predict", f"--ckpt_path={ckpt_path.resolve()}"]
+        command += [f"--data.predict_path={folder}/seven.png", "--trainer.logger=false"]
+        start = time.perf_counter()
+        subprocess.run(command, cwd=folder, capture_output=True, check=True, env=ENV)
+        return time.perf_counter() - start
+
+
+def markdown(results: dict) -> str:
+    lines = ["| runtime | clients | requests/s | p50 ms | p99 ms | failed |", "|---|---:|---:|---:|---:|---:|"]
+    for row in results["serve"]:
+        lines.append(
+            f"| {row['runtime']} | {row['clients']} | {row['requests_per_second']:.0f} | {row['p50_ms']:.1f} "
+            f"| {row['p99_ms']:.1f} | {row['failures']} |"
+        )
+    model, startup = results["model_microseconds"], results["startup_seconds"]
+    lines += [
+        "",
+        "| one image | seconds |",
+        "|---|---:|",
+        f"| `predict --data.predict_path one.png` (fresh process) | {results['predict_seconds']:.2f} |",
+        f"| one request to a running `serve` (onnxruntime, median) | {results['one_request_seconds']:.4f} |",
+        f"| the model alone, onnxruntime / torch (median) | {model['onnxruntime'] / 1e6:.6f} / "
+        f"{model['torch'] / 1e6:.6f} |",
+        f"| `serve` start-up, onnxruntime --model / torch --ckpt_path | {startup['onnxruntime']:.1f} / "
+        f"{startup['torch']:.1f} |",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt_path", type=Path, required=True, help="a checkpoint written by fit")
+    parser.add_argument("--model", type=Path, required=True, help="the same checkpoint, exported with `export`")
+    parser.add_argument("--duration", type=float, default=20, help="seconds of load per runtime and client count")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="folder for the JSON and Markdown")
+    args = parser.parse_args(argv)
+    image = drawn_seven()
+    results: dict = {"model_microseconds": model_microseconds(args.ckpt_path, args.model)}
+    servers = {
+        "onnxruntime": Server("--model", str(args.model)),
+        "torch": Server("--ckpt_path", str(args.ckpt_path), "--runtime", "torch"),
+    }
+    try:
+        results["startup_seconds"] = {runtime: server.startup_seconds for runtime, server in servers.items()}
+        for server in servers.values():
+            load(server.url, image, clients=1, duration=1)  # warm-up
+        results["serve"] = []
+        for clients in args.clients:
+            for runtime in RUNTIMES:
+                row = load(servers[runtime].url, image, clients, args.duration)
+                results["serve"].append({"runtime": runtime, "clients": clients, **row})
+                print(results["serve"][-1], flush=True)
+        with httpx.Client(base_url=servers["onnxruntime"].url) as client:
+            results["one_request_seconds"] = statistics.median(
+                timed(lambda: client.post("/predict", content=image)) for _ in range(50)
+            )
+    finally:
+        for server in servers.values():
+            server.close()
+    results["predict_seconds"] = predict_once(args.ckpt_path, image)
+    return write_report("serve", argv, results, markdown(results), args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""`python -m mnist_lightning serve --ckpt_path X | --model model.onnx`: a web page to draw digits on, and its API.
+
+- `GET /`: the page (served from the package: it works offline).
+- `POST /predict`: an image as the raw request body (`Content-Type: image/png`, `image/jpeg`, ...) or as the multipart
+  field `file`; answers `{"digit", "label", "probabilities", "image"}`, where `image` is the 28×28 digit the model
+  saw (rows of 0-255 grey levels), prepared exactly as `predict --data.predict_path` prepares your own images.
+- `GET /health`: the model being served.
+
+Every problem with an upload is a 4xx JSON answer `{"error": "..."}` that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from jsonargparse import ArgumentParser
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.types import Message
+
+from mnist_lightning.errors import ArgumentError
+from mnist_lightning.handwriting import MAX_PIXELS, UnusableImage, prepare_digit
+from mnist_lightning.inference import OnnxPredictor, Predictor, TorchPredictor
+
+STATIC = Path(__file__).parent / "static"
+MAX_BYTES = 10 * 2**20
+
+
+def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> FastAPI:
+    """The web app around `predictor`; uploads over `max_bytes` bytes or `max_pixels` pixels are refused."""
+    # FastAPI's /docs and /redoc pages load their scripts from a CDN; this app serves nothing from outside.
+    app = FastAPI(title="mnist_lightning", docs_url=None, redoc_url=None)
+    # Preparing a large photo takes a few hundred MB for a moment: at most one per core at a time.
+    workers = anyio.CapacityLimiter(os.cpu_count() or 1)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        message = error.detail
+        where = f"{request.method} {request.url.path}"
+        if error.status_code == 404:
+            message = f"nothing at {request.url.path}: the page is GET /, the API POST /predict and GET /health"
+        elif error.status_code == 405:
+            message = f"{where} is not allowed: use {(error.headers or {}).get('Allow', 'another method')}"
+        return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, error: Exception) -> JSONResponse:  # JSON, so the page can show it
+        message = f"internal error ({type(error).__name__}), a bug in mnist_lightning: please report it"
+        return JSONResponse({"error": message}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        info = predictor.info
+        return {
+            "status": "ok",
+            "runtime": predictor.runtime,
+            "dataset": info.dataset,
+            "classes": list(info.classes),
+            "val_accuracy": info.val_accuracy,
+        }
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        image = await uploaded_image(request, max_bytes)
+        try:
+            digit = await anyio.to_thread.run_sync(prepare_digit, image, max_pixels, limiter=workers)
+        except UnusableImage as e:
+            fix = f"send a photo or drawing of one digit, at most {max_pixels / 1e6:g} megapixels"
+            raise HTTPException(422, f"{e}: {fix}") from None
+        pixels = digit[None].numpy().astype(np.float32) / 255
+        probabilities = (await anyio.to_thread.run_sync(predictor, pixels, limiter=workers))[0]
+        index = int(probabilities.argmax())
+        return {
+            "digit": index,
+            "label": predictor.info.classes[index],
+            "probabilities": [round(float(p), 6) for p in probabilities],
+            "image": digit[0].tolist(),
+        }
+
+    return app
+
+
+async def uploaded_image(request: Request, max_bytes: int) -> bytes:
+    """The image in the request body (raw, or the multipart field `file`), read no further than `max_bytes`."""
+    too_large = HTTPException(413, f"the upload is over the {max_bytes / 2**20:g} MiB limit; send a smaller image")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large  # refused before a byte of the body is read
+    body = bytearray()
+    async for chunk in request.stream():  # a body without Content-Length (chunked) is counted as it arrives
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_large
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        body = await multipart_file(request, bytes(body), max_bytes)
+    if not body:
+        raise HTTPException(
+            400, "the request has no image: send the image file as the body or the multipart field `file`"
+        )
+    return bytes(body)
+
+
+async def multipart_file(request: Request, body: bytes, max_bytes: int) -> bytes:
+    """The field `file` of a multipart body that was already read (and size-checked)."""
+
+    async def replay() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async with Request(request.scope, replay).form(max_files=1, max_fields=10, max_part_size=max_bytes) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(400, "the multipart form has no file field `file`: send the image as `file`")
+        return await upload.read()
+
+
+def load_predictor(ckpt_path: Path | None, model: Path | None, runtime: str) -> Predictor:
+    """The predictor for `--ckpt_path` or `--model` (exactly one of them) on `runtime`."""
+    if (ckpt_path is None) == (model is None):
+        raise ArgumentError("pass either --ckpt_path CHECKPOINT or --model MODEL.onnx (one of them)")
+    if model is not None:
+        if runtime == "torch":
+            raise ArgumentError("--runtime torch needs --ckpt_path: an ONNX --model runs on onnxruntime")
+        if not model.is_file():
+            raise ArgumentError(f"--model {model}: no such file; write one with `python -m mnist_lightning export`")
+        return OnnxPredictor(model, threads=1)
+    if runtime == "torch":
+        return TorchPredictor.from_checkpoint(ckpt_path)
+    from mnist_lightning.export import export_checked
+
+    print(f"Exporting {ckpt_path} to ONNX in memory (export it once with `export` and serve --model to skip this)")
+    return OnnxPredictor(export_checked(ckpt_path), threads=1)
+
+
+def parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m mnist_lightning serve",
+        description="A web page to draw digits on, and an HTTP API (POST /predict, GET /health), for one model.",
+    )
+    parser.add_argument("--ckpt_path", type=Path | None, default=None, help="A checkpoint written by `fit`.")
+    parser.add_argument("--model", type=Path | None, default=None, help="An ONNX model written by `export`.")
+    parser.add_argument(
+        "--runtime",
+        type=Literal["onnxruntime", "torch"],
+        default="onnxruntime",
+        help="What runs the model; torch needs --ckpt_path.",
+    )
+    parser.add_argument(
+        "--host",
+        type=str,
+        default="127.0.0.1",
+        help="The address to listen on; 127.0.0.1 answers this machine only, 0.0.0.0 every network it is on.",
+    )
+    parser.add_argument("--port", type=int, default=8000, help="The port to listen on (0: any free port).")
+    return parser
+
+
+def main(args: list[str]) -> None:
+    import uvicorn
+
+    config = parser().parse_args(args)
+    # Requests run side by side, one thread each; torch splitting one small image's preparation over several
+    # threads makes them wait for each other: 7 ms per 280×280 drawing on one thread, 210 ms on two when the
+    # other core is busy (2 cores, measured while the machine was shared).
+    torch.set_num_threads(1)
+    predictor = load_predictor(config.ckpt_path, config.model, config.runtime)
+    uvicorn.run(create_app(predictor), host=config.host, port=config.port, log_level="info")
