@@ -95,11 +95,16 @@ def test_each_panel_can_be_switched_off(synthetic_mnist: Path, tmp_path: Path, m
     assert not (run / "confusion_matrix_test.png").exists()
 
 
-def test_panels_do_nothing_without_a_tensorboard_logger(synthetic_mnist: Path, tmp_path: Path, monkeypatch) -> None:
+def test_with_a_csv_logger_only_the_png_figures_are_drawn(synthetic_mnist: Path, tmp_path: Path, monkeypatch) -> None:
     fit(synthetic_mnist, tmp_path, monkeypatch, "--trainer.logger=lightning.pytorch.loggers.CSVLogger")
     run = tmp_path / "lightning_logs" / "version_0"
     assert (run / "metrics.csv").exists()
-    assert not list(run.glob("*.png")) and not list(run.glob("events.out.tfevents.*"))
+    assert {path.name for path in run.glob("*.png")} == {
+        "confusion_matrix_val.png",
+        "confusion_matrix_test.png",
+        "misclassified_test.png",
+    }
+    assert not list(run.glob("events.out.tfevents.*"))
 
 
 def free_port() -> int:
