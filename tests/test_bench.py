@@ -66,7 +66,22 @@ def test_the_benchmark_runs_every_pipeline_and_writes_its_report(
     written = json.loads(next((tmp_path / "results").glob("bench-*.json")).read_text())
     assert written["machine"]["torch"] and written["summary"] == report["summary"]
     markdown = next((tmp_path / "results").glob("bench-*.md")).read_text()
-    assert all(f"| {kind} |" in markdown for kind in bench.KINDS)
+    assert all(
+        f"| {kind} |" in markdown and f"- {kind}: {bench.EPOCH_CONTENTS[kind]}" in markdown for kind in bench.KINDS
+    )
+
+
+def test_the_published_starting_point_trains_on_every_training_image_and_validates_nothing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    write_synthetic_mnist(data_dir, train=5600, test=200)  # torchvision reads these files without checking digests
+    bench = load_bench()
+
+    published_train, published_val, _ = bench._starting_point_loaders(str(data_dir), published=True)
+    train, val, test = bench._starting_point_loaders(str(data_dir))
+
+    assert published_val is None and len(published_train().dataset) == 5600
+    assert len(train().dataset) == 600 and len(val().dataset) == 5000 and len(test().dataset) == 200
+    assert not set(train().dataset.indices) & set(val().dataset.indices)
 
 
 @pytest.mark.parametrize("toggle", ["panels", "nvml-probe"])
