@@ -21,6 +21,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mnist_lightning.checkpoint_io import use_atomic_checkpoints
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.errors import ArgumentError, one_line_errors
 from mnist_lightning.model import MNISTClassifier
@@ -132,6 +133,7 @@ class MNISTLightningCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        use_atomic_checkpoints(self.trainer.strategy)  # checkpoints that survive kill -9 and a full disk
         if self.subcommand != "predict":
             # Lightning calls every callback at every hook, ~6 per training step, whether it does anything or not.
             self.trainer.callbacks = [cb for cb in self.trainer.callbacks if not isinstance(cb, PredictionWriter)]
