@@ -86,10 +86,13 @@ def write_atomically(data: memoryview, target: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-    # The rename itself is only durable once the folder is.
+    # The rename itself is only durable once the folder is. (Some network and FUSE file systems cannot sync a folder.)
     folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(folder)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
     finally:
         os.close(folder)
 
@@ -99,7 +102,7 @@ def remove_stale_temporaries(folder: Path) -> None:
     for path in folder.iterdir():
         match = TEMPORARY.fullmatch(path.name)
         if match and not is_running(int(match.group(1))):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # tidying up; the save itself does not depend on it
                 path.unlink()
 
 

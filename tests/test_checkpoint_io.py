@@ -30,12 +30,11 @@ from mnist_lightning.runs import read_checkpoint
 from tests.synthetic import cli_command, subprocess_env
 
 OTHER_FILE_SYSTEM = "/dev/shm"  # a tmpfs: where Lightning's own writer would put its temporary files
-QUICK_RUN = ["--data.val_size=200", "--data.batch_size=50", "--model.hidden_sizes=[32]", "--trainer.max_epochs=1"]
-QUICK_RUN += ["--trainer.enable_progress_bar=false", "--test_after_fit=false"]
-# 20 steps per epoch; 22 MB per checkpoint (weights and Adam's two moments); last.ckpt every 4 steps.
-LARGE_RUN = ["--data.val_size=200", "--data.batch_size=50", "--model.hidden_sizes=[1024, 1024]"]
-LARGE_RUN += ["--trainer.max_epochs=2", "--last_checkpoint.every_n_train_steps=4", "--test_after_fit=false"]
-LARGE_RUN += ["--trainer.enable_progress_bar=false"]
+# A large network (22 MB per checkpoint: weights and Adam's two moments) in epochs of 8 small batches, saving
+# last.ckpt every 2 steps: saving is what these tests are about.
+LARGE_RUN = ["--model.hidden_sizes=[1024, 1024]", "--trainer.max_epochs=2", "--last_checkpoint.every_n_train_steps=2"]
+LARGE_RUN += ["--data.val_size=200", "--data.batch_size=10", "--trainer.limit_train_batches=8"]
+LARGE_RUN += ["--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false", "--test_after_fit=false"]
 
 
 @pytest.fixture(autouse=True)
@@ -197,25 +196,6 @@ def test_lightnings_default_writer_is_replaced_and_a_users_own_kept() -> None:
     assert configured.strategy.checkpoint_io is own
 
 
-def test_every_checkpoint_of_a_fit_is_renamed_into_place_with_the_temp_folder_on_another_file_system(
-    synthetic_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", OTHER_FILE_SYSTEM)
-    assert os.stat(OTHER_FILE_SYSTEM).st_dev != os.stat(tmp_path).st_dev
-    checkpoints = tmp_path / "checkpoints"
-    checkpoints.mkdir()
-    events = FolderEvents(checkpoints)
-    monkeypatch.chdir(tmp_path)
-    folders = [f"--checkpoint.dirpath={checkpoints}", f"--last_checkpoint.dirpath={checkpoints}"]
-    cli = cli_main(["fit", f"--data.data_dir={synthetic_mnist}", *QUICK_RUN, *folders])
-    assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
-    saved = {path.name for path in checkpoints.glob("*.ckpt")}
-    assert "last.ckpt" in saved and len(saved) == 2, saved
-    assert events.renamed_into_place() == saved
-    assert not events.written_in_place()
-    events.close()
-
-
 SAVER = """
 import os, sys, torch
 from mnist_lightning.checkpoint_io import AtomicCheckpointIO
@@ -301,24 +281,29 @@ def killed_fit(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """A fit of a large network killed with SIGKILL while it writes a last.ckpt, in its second epoch: its workdir."""
     workdir = tmp_path_factory.mktemp("killed")
     checkpoints = workdir / "lightning_logs" / "version_0" / "checkpoints"
-    fit = subprocess.Popen(
-        cli_command(synthetic_dir, "fit", *LARGE_RUN),
-        cwd=workdir,
-        env={**subprocess_env(), "TMPDIR": OTHER_FILE_SYSTEM},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 240
-    while True:
-        names = [path.name for path in checkpoints.iterdir()] if checkpoints.is_dir() else []
-        if any(name.startswith("epoch") for name in names) and any(name.startswith(".last.ckpt.") for name in names):
-            break
-        assert fit.poll() is None, fit.stdout.read()[-3000:]
-        assert time.monotonic() < deadline, "no second-epoch save in 240 s"
-        time.sleep(0.002)
-    fit.kill()
-    fit.communicate(timeout=60)
+    log = workdir / "fit.log"  # not a pipe: one that nobody reads would stop the fit once full
+    with log.open("w") as output:
+        fit = subprocess.Popen(
+            cli_command(synthetic_dir, "fit", *LARGE_RUN),
+            cwd=workdir,
+            env={**subprocess_env(), "TMPDIR": OTHER_FILE_SYSTEM},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            names = os.listdir(checkpoints) if checkpoints.is_dir() else []
+            if any(name.startswith("epoch") for name in names) and any(
+                name.startswith(".last.ckpt.") for name in names
+            ):
+                break
+            assert fit.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no second-epoch save in 240 s"
+            time.sleep(0.002)
+    finally:
+        fit.kill()
+        fit.wait(timeout=60)
     return workdir
 
 
@@ -328,7 +313,7 @@ def test_a_fit_killed_while_saving_leaves_only_checkpoints_that_load(killed_fit:
     complete = {name for name in names if name.endswith(".ckpt")}
     assert "last.ckpt" in complete and len(complete) == 2, names
     for name in complete:
-        assert read_checkpoint(checkpoints / name)["global_step"] >= 20
+        assert read_checkpoint(checkpoints / name)["global_step"] >= 8
     assert all(TEMPORARY.fullmatch(name) for name in names - complete), names
 
 
@@ -372,6 +357,8 @@ def test_a_fit_over_the_file_size_limit_stops_with_one_line_and_keeps_last_ckpt(
 def test_resuming_from_a_last_ckpt_that_does_not_load_names_the_newest_that_does_and_that_command_completes(
     killed_fit: Path, synthetic_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
+    """The resumed fit also shows that the CLI renames every checkpoint into place, with the system temp folder on
+    another file system."""
     shutil.copytree(killed_fit / "lightning_logs", tmp_path / "lightning_logs")
     checkpoints = Path("lightning_logs") / "version_0" / "checkpoints"
     last = tmp_path / checkpoints / "last.ckpt"
@@ -385,9 +372,16 @@ def test_resuming_from_a_last_ckpt_that_does_not_load_names_the_newest_that_does
     command = re.search(r"resume with: python -m mnist_lightning (fit .*)", line).group(1)
     assert command == f"fit --config {config} --ckpt_path {newest}"
 
+    monkeypatch.setattr(tempfile, "tempdir", OTHER_FILE_SYSTEM)
+    assert os.stat(OTHER_FILE_SYSTEM).st_dev != os.stat(tmp_path).st_dev
+    events = FolderEvents(checkpoints)
     cli = cli_main(command.split())
     assert cli.trainer.current_epoch == 2, "the resumed run ends at the epoch count of an uninterrupted one"
     assert read_checkpoint(last)["epoch"] == 1
+    assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
+    assert "last.ckpt" in events.renamed_into_place()
+    assert not events.written_in_place(), "a checkpoint was opened for writing under its own name"
+    events.close()
 
 
 def test_a_checkpoint_that_does_not_load_outside_a_run_names_the_newest_beside_it(tmp_path: Path) -> None:
