@@ -27,6 +27,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mnist_lightning.checkpoint_io import use_atomic_checkpoints
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.errors import DEBUG_VARIABLE, ArgumentError, one_line_errors
 from mnist_lightning.flags import refuse_unworkable_flags
@@ -176,6 +177,7 @@ class MNISTLightningCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        use_atomic_checkpoints(self.trainer.strategy)  # checkpoints that survive kill -9 and a full disk
         # (With --trainer.fast_dev_run, Lightning has swapped the configured logger for a dummy that logs nothing.)
         if self.run_version is None or not isinstance(self.trainer.logger, (TensorBoardLogger, CSVLogger)):
             return

@@ -3,6 +3,7 @@ saving and resuming when a run stops early."""
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
 import sys
@@ -48,7 +49,35 @@ def run_version_of(checkpoint: Path, root: Path) -> int | None:
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint as plain data (`torch.load(weights_only=True)`): a pickle that would run code is refused."""
+    """Load a checkpoint as plain data (`torch.load(weights_only=True)`): a pickle that would run code is refused.
+
+    When it does not load, the error names the newest checkpoint beside it that does, and how to resume from that.
+    """
+    try:
+        return _read_plain_checkpoint(path)
+    except CheckpointError as e:
+        alternative = newest_loadable_checkpoint(path.parent, besides=path)
+        if alternative is None:
+            raise
+        config = path.parent.parent / "config.yaml"
+        if config.is_file():
+            hint = f"resume with: python -m mnist_lightning fit --config {config} --ckpt_path {alternative}"
+        else:
+            hint = f"pass --ckpt_path {alternative} instead"
+        raise CheckpointError(f"{e}; the newest checkpoint of that run that loads is {alternative}: {hint}") from None
+
+
+def newest_loadable_checkpoint(folder: Path, besides: Path | None = None) -> Path | None:
+    """The most recently written `.ckpt` in `folder` (other than `besides`) that `read_checkpoint` accepts, or None."""
+    candidates = [p for p in folder.glob("*.ckpt") if p.is_file() and p != besides]
+    for candidate in sorted(candidates, key=lambda p: p.stat().st_mtime_ns, reverse=True):
+        with contextlib.suppress(CheckpointError):
+            _read_plain_checkpoint(candidate)
+            return candidate
+    return None
+
+
+def _read_plain_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"--ckpt_path {path}: no such file")
     try:
