@@ -138,3 +138,28 @@ def test_the_step_floor_benchmark_times_each_loop_and_writes_its_report(tmp_path
     added = report["microseconds_per_step"]["lightning"] - report["microseconds_per_step"]["plain-loop"]
     assert report["added"]["lightning"] == added
     assert "| lightning-manual |" in next(tmp_path.glob("step-floor-*.md")).read_text()
+
+
+def test_the_gpu_check_runs_on_the_cpu_and_reports_where_the_data_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    write_synthetic_mnist(data_dir, train=5600, test=200)  # the presets hold out 5,000 for validation
+    monkeypatch.setitem(DATASETS, "mnist", DATASETS["mnist"])
+    trust_synthetic_mnist(data_dir)
+    monkeypatch.setenv("MNIST_LIGHTNING_DATA", str(data_dir))
+    gpu_check = load_bench("gpu_check")
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # jsonargparse imports the model class's module
+
+    options = ["--accelerator=cpu", "--presets", "seed", "--precisions", "32-true", "bf16-mixed", "--epochs=2"]
+    report = gpu_check.main([*options, f"--output={tmp_path / 'results'}"])
+
+    assert [(run["preset"], run["trainer_precision"]) for run in report["runs"]] == [
+        ("seed", "32-true"),
+        ("seed", "bf16-mixed"),
+    ]
+    for run in report["runs"]:
+        assert run["data_device"] == run["device"] == "cpu" and len(run["epoch_seconds"]) == 2
+        assert 0 <= run["test_accuracy"] <= 1
+        assert run["htod_copies_in_profiled_epoch"] == 0, "the profiled epoch ran, and nothing crossed to a device"
+    assert list((tmp_path / "results").glob("gpu-check-*.md"))
