@@ -37,10 +37,10 @@ from mnist_lightning.runs import (
     LastCheckpoint,
     architecture_differences,
     claim_next_version,
+    fit_summary,
     log_root,
     read_checkpoint,
     resolve_checkpoint,
-    run_folder,
     run_version_of,
 )
 from mnist_lightning.visuals import Dashboard
@@ -229,29 +229,8 @@ class MNISTLightningCLI(LightningCLI):
             results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best_path or None)
             test_acc = results[0]["test/acc"]
         best_score = checkpoint.best_model_score if checkpoint else None
-        self._print_fit_summary(best_path, None if best_score is None else float(best_score), test_acc)
-
-    @rank_zero_only
-    def _print_fit_summary(self, best_path: str, best_val_acc: float | None, test_acc: float | None) -> None:
-        lines = [f"Best checkpoint   {best_path}" if best_path else "Best checkpoint   none: the final weights count"]
-        if best_val_acc is not None:
-            lines.append(f"  val accuracy    {best_val_acc:.4f}")
-        tested = "not tested (--trainer.limit_test_batches 0)" if test_acc is None else f"{test_acc:.4f}"
-        lines.append(f"Test accuracy     {tested}")
-        logger = self.trainer.logger
-        if isinstance(logger, (TensorBoardLogger, CSVLogger)):
-            run = run_folder(self.trainer)
-            lines.append(f"Run folder        {run}")
-            if isinstance(logger, TensorBoardLogger):
-                lines.append(f"TensorBoard       tensorboard --logdir {run.parent}")
-            else:
-                lines.append(f"Metrics           {Path(logger.experiment.metrics_file_path)}")
-            if best_path:
-                lines.append(
-                    f"Test it again     python -m mnist_lightning test --config {run / 'config.yaml'} "
-                    f"--ckpt_path {best_path}"
-                )
-        print("\n" + "\n".join(lines))
+        if self.trainer.is_global_zero:
+            print(fit_summary(self.trainer, best_path, None if best_score is None else float(best_score), test_acc))
 
 
 class NullProfiler(PassThroughProfiler):

@@ -184,6 +184,27 @@ def run_folder(trainer: L.Trainer) -> Path:
     return Path(logger.save_dir or trainer.default_root_dir)
 
 
+def fit_summary(trainer: L.Trainer, best_path: str, best_val_acc: float | None, test_acc: float | None) -> str:
+    """What `fit` prints at its end: the best checkpoint, the accuracies, the run folder and what to run next."""
+    lines = [f"Best checkpoint   {best_path}" if best_path else "Best checkpoint   none: the final weights count"]
+    if best_val_acc is not None:
+        lines.append(f"  val accuracy    {best_val_acc:.4f}")
+    tested = "not tested (--trainer.limit_test_batches 0)" if test_acc is None else f"{test_acc:.4f}"
+    lines.append(f"Test accuracy     {tested}")
+    logger = trainer.logger
+    if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+        run = run_folder(trainer)
+        lines.append(f"Run folder        {run}")
+        if isinstance(logger, TensorBoardLogger):
+            lines.append(f"TensorBoard       tensorboard --logdir {run.parent}")
+        else:
+            lines.append(f"Metrics           {Path(logger.experiment.metrics_file_path)}")
+        if best_path:
+            command = f"python -m mnist_lightning test --config {run / 'config.yaml'} --ckpt_path {best_path}"
+            lines.append(f"Test it again     {command}")
+    return "\n" + "\n".join(lines)
+
+
 class LastCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that also saves when `fit` stops early (Ctrl-C, SIGTERM, an error) and says how to resume,
     except on a mistake the user must fix first."""
