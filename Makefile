@@ -17,7 +17,7 @@ $(STAMP): requirements.lock pyproject.toml
 # requirements.lock from pyproject.toml's ranges (every extra) and requirements.in's pins, for this machine's
 # platform and Python (Linux x86-64, 3.11). Hashing the torch wheels makes this take several minutes.
 lock: $(STAMP)
-	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --all-extras --strip-extras \
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --all-extras --strip-extras --no-emit-index-url --no-emit-find-links \
 		--output-file requirements.lock pyproject.toml requirements.in
 
 format: $(STAMP)
