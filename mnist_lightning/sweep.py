@@ -101,9 +101,13 @@ def silence_sweep_noise() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     optuna.logging.disable_default_handler()
-    handler = logging.StreamHandler()
-    handler.addFilter(lambda record: not record.getMessage().startswith("Trial "))
-    optuna.logging.get_logger("optuna").addHandler(handler)
+    optuna_logger = optuna.logging.get_logger("optuna")
+    if OPTUNA_HANDLER not in optuna_logger.handlers:
+        optuna_logger.addHandler(OPTUNA_HANDLER)
+
+
+OPTUNA_HANDLER = logging.StreamHandler()
+OPTUNA_HANDLER.addFilter(lambda record: not record.getMessage().startswith("Trial "))
 
 
 def parse_sweep(args: list[str]) -> Sweep:
@@ -201,7 +205,9 @@ def make_storage(url_or_path: str) -> BaseStorage:
         Path(url_or_path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(url_or_path))
     try:
-        return RDBStorage(url_or_path, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats, in Optuna since 2.9
+            return RDBStorage(url_or_path, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD)
     except ModuleNotFoundError:
         raise
     except Exception as e:  # SQLAlchemy's errors: a refused connection, a bad URL, a missing database
@@ -213,12 +219,13 @@ def make_storage(url_or_path: str) -> BaseStorage:
 
 def open_study(sweep: Sweep, check_identity: bool = False) -> optuna.Study:
     """Create the study, or load it; refuse one made with another search space or metric."""
-    study = optuna.create_study(
-        storage=make_storage(sweep.storage),
-        study_name=sweep.study_name,
-        direction=sweep.config.direction,
-        load_if_exists=True,
-    )
+    storage = make_storage(sweep.storage)
+    try:  # loading first: on a journal, even a create_study that finds the study appends a line
+        study = optuna.load_study(study_name=sweep.study_name, storage=storage)
+    except KeyError:
+        study = optuna.create_study(
+            storage=storage, study_name=sweep.study_name, direction=sweep.config.direction, load_if_exists=True
+        )
     if not check_identity:
         return study
     identity = sweep.config.identity()
@@ -281,13 +288,20 @@ def run_worker(sweep: Sweep, index: int) -> None:
     study.sampler = sweep.config.make_sampler(offset)
     study.pruner = sweep.config.make_pruner()
     prefix = f"[worker {index}] " if sweep.workers > 1 else ""
+    failure_limit = FailureLimit(sweep.n_trials)
     study.optimize(
         Objective(sweep),
         catch=(TrainingDiverged, SurplusTrial),
         # The running trials count, so that workers stop together at n_trials rather than each starting one more;
         # a trial that later fails leaves its worker to run another.
-        callbacks=[optuna.study.MaxTrialsCallback(sweep.n_trials, states=CLAIMED), TrialPrinter(sweep, prefix)],
+        callbacks=[
+            optuna.study.MaxTrialsCallback(sweep.n_trials, states=CLAIMED),
+            TrialPrinter(sweep, prefix),
+            failure_limit,
+        ],
     )
+    if failure_limit.stopped:
+        raise TrainingDiverged(f"the last {sweep.n_trials} trials of this worker all failed: narrow the search space")
 
 
 class SurplusTrial(Exception):
@@ -396,6 +410,22 @@ class TrialPrinter:
         parts = [f"{self.prefix}trial {trial.number}", trial.state.name, outcome, f"{epochs} epochs {seconds:.0f} s"]
         parts += [values, trial.user_attrs.get("error", "")]
         print("  ".join(part for part in parts if part), flush=True)
+
+
+class FailureLimit:
+    """An Optuna callback that stops a worker whose last `limit` trials all failed (a search space where every
+    trial diverges), since failed trials do not count towards n_trials."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.failures = 0
+        self.stopped = False
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
+        if self.failures >= self.limit:
+            study.stop()
+            self.stopped = True
 
 
 def process_start(pid: int) -> str | None:

@@ -71,6 +71,8 @@ def test_best_trial(study: optuna.Study, sweep: Sweep, best: FrozenTrial) -> flo
         )
         return None
     print(f"\nTesting trial {best.number}'s best checkpoint on the official test set")
+    # Without a logger the checkpoint callback's folder differs from the trial's, which Lightning notes; it is moot.
+    warnings.filterwarnings("ignore", message="The dirpath has changed")
     cli = MNISTLightningCLI(
         MNISTClassifier,
         MNISTDataModule,
