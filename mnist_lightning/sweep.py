@@ -74,7 +74,8 @@ def main(args: list[str]) -> None:
     failed_workers: list[str] = []
     if claimed < sweep.n_trials:
         try:
-            failed_workers = run_workers(sweep)
+            # No more workers than trials to run: each would start one, and the extra ones would not run.
+            failed_workers = run_workers(sweep, min(sweep.workers, sweep.n_trials - claimed))
         except (KeyboardInterrupt, SIGTERMException):
             print(
                 "\nStopped: the running trials are marked FAIL, finished ones are kept; re-run the same command to "
@@ -242,14 +243,14 @@ def open_study(sweep: Sweep, check_identity: bool = False) -> optuna.Study:
     return study
 
 
-def run_workers(sweep: Sweep) -> list[str]:
-    """Run the trials: in this process for one worker, else in `workers` spawned processes that share the cores.
+def run_workers(sweep: Sweep, count: int) -> list[str]:
+    """Run the trials: in this process for one worker, else in `count` spawned processes that share the cores.
     Returns a line for each worker that ended with an error."""
-    if sweep.workers == 1:
+    if count == 1:
         run_worker(sweep, 0)
         return []
     context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no forked threads or torch state
-    processes = [context.Process(target=worker_process, args=(sweep, index)) for index in range(sweep.workers)]
+    processes = [context.Process(target=worker_process, args=(sweep, index, count)) for index in range(count)]
     for process in processes:
         process.start()
     try:
@@ -268,10 +269,10 @@ def run_workers(sweep: Sweep) -> list[str]:
     ]
 
 
-def worker_process(sweep: Sweep, index: int) -> None:
+def worker_process(sweep: Sweep, index: int, count: int) -> None:
     """Entry point of a spawned worker: its share of the cores, and Ctrl-C as exit status 130."""
     silence_sweep_noise()
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // sweep.workers))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // count))
     with one_line_errors():
         try:
             run_worker(sweep, index)

@@ -141,10 +141,26 @@ def test_a_trials_config_reproduces_its_metric_with_fit(swept: tuple[Path, str],
 
 
 def sweep_process(synthetic_dir: Path, workdir: Path, *args: str) -> subprocess.Popen:
+    """`sweep` in a process group of its own, so that a test can stop it with its workers."""
     command = cli_command(synthetic_dir, "sweep", f"--config={workdir / 'sweep.yaml'}", *args)
     return subprocess.Popen(
-        command, cwd=workdir, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=workdir,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
+
+
+def finish(process: subprocess.Popen, timeout: float) -> str:
+    """Wait for `process` and return what it printed; past `timeout`, kill its group and fail."""
+    try:
+        return process.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"sweep still running after {timeout} s:\n{process.communicate()[0][-3000:]}")
 
 
 def running_trial_in_epoch_1(workdir: Path, deadline: float) -> optuna.trial.FrozenTrial | None:
@@ -171,17 +187,16 @@ def two_workers_one_killed(synthetic_dir: Path, tmp_path_factory: pytest.TempPat
     # Trials of 6 epochs, so that the kill lands inside one.
     write_sweep(workdir, fit={**SWEEP["fit"], "trainer": {"max_epochs": 6, "enable_progress_bar": False}})
     first = sweep_process(synthetic_dir, workdir, "--workers=2")
-    try:
-        victim = running_trial_in_epoch_1(workdir, time.monotonic() + 120)
-        assert victim is not None, "no trial of two workers seen running"
-        os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
-        output, _ = first.communicate(timeout=180)
-    finally:
-        first.kill()
+    victim = running_trial_in_epoch_1(workdir, time.monotonic() + 300)
+    if victim is None:
+        os.killpg(first.pid, signal.SIGKILL)
+        pytest.fail(f"no trial seen running with two workers:\n{first.communicate()[0][-3000:]}")
+    os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+    output = finish(first, 300)
     assert first.returncode == 1, output
-    assert "killed by signal 9" in output, output
+    assert "worker" in output and "killed by signal 9" in output, output
     second = sweep_process(synthetic_dir, workdir, "--workers=2")
-    output, _ = second.communicate(timeout=180)
+    output = finish(second, 300)
     assert second.returncode == 0, output
     return workdir, victim.number, output
 
@@ -189,7 +204,8 @@ def two_workers_one_killed(synthetic_dir: Path, tmp_path_factory: pytest.TempPat
 def test_two_workers_share_the_journal_with_seeds_of_their_own(two_workers_one_killed: tuple[Path, int, str]) -> None:
     workdir, _, _ = two_workers_one_killed
     trials = load(workdir).trials
-    assert len({t.user_attrs["worker"]["pid"] for t in trials}) >= 3  # two workers, then two more after the kill
+    # Two workers, then one for the one trial left after the kill.
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 3
     assert len({t.number for t in trials}) == len(trials)
 
 
@@ -212,7 +228,7 @@ def test_two_processes_share_one_postgresql_study(synthetic_dir: Path, tmp_path:
             folder.mkdir()
             write_sweep(folder)
         processes = [sweep_process(synthetic_dir, folder, f"--storage={url}") for folder in folders]
-        outputs = [process.communicate(timeout=300)[0] for process in processes]
+        outputs = [finish(process, 300) for process in processes]
         assert [process.returncode for process in processes] == [0, 0], outputs
         study = optuna.load_study(study_name="sweep", storage=url)
         trials = study.get_trials()
