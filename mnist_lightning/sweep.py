@@ -12,6 +12,7 @@ process died become FAIL, and the total stops at `n_trials` COMPLETE or PRUNED t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import multiprocessing
 import os
@@ -144,7 +145,7 @@ def parse_sweep(args: list[str]) -> Sweep:
     return Sweep(
         config=config,
         study_name=study_name,
-        storage=own.storage or str(folder / JOURNAL_FILE),
+        storage=database_url(own.storage) if own.storage else str(folder / JOURNAL_FILE),
         n_trials=own.n_trials or config.n_trials,
         workers=own.workers,
         fit_args=fit_args,
@@ -209,13 +210,24 @@ def make_storage(url_or_path: str) -> BaseStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats, in Optuna since 2.9
             return RDBStorage(url_or_path, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD)
-    except ModuleNotFoundError:
-        raise
+    except ImportError as e:
+        raise ArgumentError(
+            f"--storage {url_or_path} needs a database driver that is not installed ({e}): "
+            "pip install 'mnist-lightning[sweep]' installs psycopg2 for PostgreSQL"
+        ) from None
     except Exception as e:  # SQLAlchemy's errors: a refused connection, a bad URL, a missing database
         reason = " ".join(str(e).split("\n(Background")[0].split())
         raise ArgumentError(
             f"--storage {url_or_path} cannot be reached ({reason[:300]}): start the database server or fix the URL"
         ) from None
+
+
+def database_url(url: str) -> str:
+    """`url` with the PostgreSQL driver that the sweep extra installs: SQLAlchemy 2.1 reads `postgresql://` as
+    psycopg 3, which is not installed with it, and psycopg2 still is."""
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def open_study(sweep: Sweep, check_identity: bool = False) -> optuna.Study:

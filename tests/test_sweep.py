@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lightning.commands import main as dispatch
+from mnist_lightning.sweep import database_url
 from tests.postgres import free_port, postgres_server
 from tests.synthetic import cli_command, run_cli, subprocess_env
 
@@ -230,7 +231,7 @@ def test_two_processes_share_one_postgresql_study(synthetic_dir: Path, tmp_path:
         processes = [sweep_process(synthetic_dir, folder, f"--storage={url}") for folder in folders]
         outputs = [finish(process, 300) for process in processes]
         assert [process.returncode for process in processes] == [0, 0], outputs
-        study = optuna.load_study(study_name="sweep", storage=url)
+        study = optuna.load_study(study_name="sweep", storage=database_url(url))
         trials = study.get_trials()
     assert len([t for t in trials if t.state in COUNTED]) == 4
     assert len({t.user_attrs["worker"]["pid"] for t in trials if "worker" in t.user_attrs}) == 2
@@ -284,9 +285,9 @@ def test_unknown_keys_and_values_are_one_line_errors_before_any_trial(
 
 
 def test_an_unreachable_storage_is_a_one_line_error(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
-    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
-    line = sweep_error(capsys, f"--config={write_sweep(in_tmp)}", f"--storage={url}")
-    assert f"--storage {url} cannot be reached" in line and "start the database server" in line
+    port = free_port()
+    line = sweep_error(capsys, f"--config={write_sweep(in_tmp)}", f"--storage=postgresql://postgres@127.0.0.1:{port}/x")
+    assert f"@127.0.0.1:{port}/x cannot be reached" in line and "start the database server" in line
 
 
 def test_a_study_with_another_search_space_is_refused(
