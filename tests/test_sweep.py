@@ -25,7 +25,7 @@ from tests.postgres import free_port, postgres_server
 from tests.synthetic import cli_command, run_cli, subprocess_env
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
-GOOD_LR, HOPELESS_LR = 0.003, 1e-7
+GOOD_LR, HOPELESS_LR, DIVERGING_LR = 0.003, 1e-7, 1e30
 # Random sampling with this seed proposes (0.003, [16]), (0.003, [32]), (0.003, [16]), (1e-07, [32]): three trials
 # that learn, then one that cannot and is pruned after its first epoch.
 SWEEP = {
@@ -63,20 +63,27 @@ def read_summary(folder: Path, study: str = "sweep") -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+# Random sampling with this seed proposes (0.003, [32]), (1e30, [32]), (0.003, [16]), (1e-07, [32]), (1e-07, [32]):
+# a trial that learns, one that diverges at its first step, one that learns, then two that cannot.
+MAIN_SPACE = {"model.lr": {"choices": [GOOD_LR, HOPELESS_LR, DIVERGING_LR]}, **SWEEP["search_space"]}
+MAIN_SAMPLER = {"seed": 37, "n_startup_trials": 10}
+
+
 @pytest.fixture(scope="module")
 def swept(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """One sweep of 4 trials in a fresh process: (its working folder, what it printed)."""
+    """One sweep of 4 counted trials (5 in all) in a fresh process: (its working folder, what it printed)."""
     workdir = tmp_path_factory.mktemp("sweep")
-    output = run_cli(synthetic_dir, workdir, "sweep", f"--config={write_sweep(workdir)}")
+    config = write_sweep(workdir, search_space=MAIN_SPACE, sampler=MAIN_SAMPLER)
+    output = run_cli(synthetic_dir, workdir, "sweep", f"--config={config}")
     return workdir, output
 
 
 def test_each_trial_is_a_run_folder_with_config_checkpoints_and_hparams(swept: tuple[Path, str]) -> None:
     workdir, _ = swept
     study = load(workdir)
-    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3, 4]
     folders = sorted(p.name for p in (workdir / "lightning_logs" / "sweep").glob("trial_*"))
-    assert folders == ["trial_0000", "trial_0001", "trial_0002", "trial_0003"]
+    assert folders == ["trial_0000", "trial_0001", "trial_0002", "trial_0003", "trial_0004"]
     for trial in study.trials:
         folder = workdir / "lightning_logs" / "sweep" / f"trial_{trial.number:04d}"
         config = yaml.safe_load((folder / "config.yaml").read_text())
@@ -95,7 +102,7 @@ def test_each_trial_is_a_run_folder_with_config_checkpoints_and_hparams(swept: t
 def test_summary_lists_every_trial_and_the_best_ones_test_accuracy(swept: tuple[Path, str]) -> None:
     workdir, output = swept
     rows = read_summary(workdir)
-    assert [row["trial"] for row in rows] == ["0", "1", "2", "3"]
+    assert [row["trial"] for row in rows] == ["0", "1", "2", "3", "4"]
     assert set(rows[0]) >= {"state", "model.lr", "model.hidden_sizes", "val/loss", "epochs", "seconds", "test/acc"}
     best = load(workdir).best_trial
     tested = [row for row in rows if row["test/acc"]]
@@ -120,20 +127,32 @@ def test_a_hopeless_learning_rate_is_pruned_after_its_first_epoch(swept: tuple[P
     assert complete and all(t.user_attrs["epochs"] == 2 for t in complete)
 
 
+def test_a_diverging_trial_fails_with_its_message_and_the_sweep_goes_on(swept: tuple[Path, str]) -> None:
+    workdir, output = swept
+    trials = load(workdir).trials
+    diverged = [t for t in trials if t.params["model.lr"] == DIVERGING_LR]
+    assert diverged and all(t.state == TrialState.FAIL for t in diverged)
+    assert all("training loss became nan" in t.user_attrs["error"] for t in diverged)
+    assert max(t.number for t in trials) > max(t.number for t in diverged)
+    assert len([t for t in trials if t.state in COUNTED]) == 4
+    assert re.search(r"trial \d+  FAIL .*training loss became nan", output)
+    assert "Traceback" not in output
+
+
 def test_a_rerun_continues_the_study_without_new_trials_or_a_second_test(
     swept: tuple[Path, str], synthetic_dir: Path
 ) -> None:
     workdir, _ = swept
     output = run_cli(synthetic_dir, workdir, "sweep", f"--config={workdir / 'sweep.yaml'}")
     assert "4 of 4 trials" in output
-    assert len(load(workdir).trials) == 4
+    assert len(load(workdir).trials) == 5
     assert "Testing trial" not in output and "test accuracy" in output
-    assert len(read_summary(workdir)) == 4
+    assert len(read_summary(workdir)) == 5
 
 
 def test_a_trials_config_reproduces_its_metric_with_fit(swept: tuple[Path, str], synthetic_dir: Path) -> None:
     workdir, _ = swept
-    trial = next(t for t in load(workdir).trials if t.state == TrialState.COMPLETE and t.number > 0)
+    trial = next(t for t in reversed(load(workdir).trials) if t.state == TrialState.COMPLETE)
     config = workdir / "lightning_logs" / "sweep" / f"trial_{trial.number:04d}" / "config.yaml"
     run_cli(synthetic_dir, workdir, "fit", f"--config={config}")
     events = EventAccumulator(str(workdir / "lightning_logs" / "version_0"))
