@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import socket
 import sys
+import time
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from mnist_lightning.sweep_space import SweepConfig, check_keys, read_sweep_conf
 JOURNAL_FILE = "optuna-journal.log"
 # RDB storage only: a trial whose worker has not beaten for GRACE_PERIOD seconds (killed, its machine gone) is FAIL.
 HEARTBEAT_INTERVAL, GRACE_PERIOD = 10, 60
+STORAGE_ATTEMPTS = 3
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 HOST = socket.gethostname()
 
@@ -206,20 +208,27 @@ def make_storage(url_or_path: str) -> BaseStorage:
     if "://" not in url_or_path:
         Path(url_or_path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(url_or_path))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats, in Optuna since 2.9
-            return RDBStorage(url_or_path, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD)
-    except ImportError as e:
-        raise ArgumentError(
-            f"--storage {url_or_path} needs a database driver that is not installed ({e}): "
-            "pip install 'mnist-lightning[sweep]' installs psycopg2 for PostgreSQL"
-        ) from None
-    except Exception as e:  # SQLAlchemy's errors: a refused connection, a bad URL, a missing database
-        reason = " ".join(str(e).split("\n(Background")[0].split())
-        raise ArgumentError(
-            f"--storage {url_or_path} cannot be reached ({reason[:300]}): start the database server or fix the URL"
-        ) from None
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+                return RDBStorage(url_or_path, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD)
+        except ImportError as e:
+            raise ArgumentError(
+                f"--storage {url_or_path} needs a database driver that is not installed ({e}): "
+                "pip install 'mnist-lightning[sweep]' installs psycopg2 for PostgreSQL"
+            ) from None
+        except Exception as e:  # SQLAlchemy's errors: a refused connection, a bad URL, a missing database
+            # Processes that start on an empty database together all create Optuna's tables, and all but one fail;
+            # a moment later the tables are there.
+            if attempt + 1 < STORAGE_ATTEMPTS:
+                time.sleep(1 + attempt)
+                continue
+            reason = " ".join(str(e).split("\n(Background")[0].split())
+            raise ArgumentError(
+                f"--storage {url_or_path} cannot be reached ({reason[:300]}): start the database server or fix the URL"
+            ) from None
+    raise AssertionError("unreachable")
 
 
 def database_url(url: str) -> str:
