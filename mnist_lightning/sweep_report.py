@@ -1,0 +1,146 @@
+"""What a sweep shows at the end of every run: the table of trials (printed and in summary.csv), the best trial's
+best checkpoint tested once on the official test set, Optuna's plots, and the command that opens optuna-dashboard."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from mnist_lightning.cli import MNISTLightningCLI
+from mnist_lightning.data import MNISTDataModule
+from mnist_lightning.model import MNISTClassifier
+
+if TYPE_CHECKING:
+    from mnist_lightning.sweep import Sweep
+
+matplotlib.use("Agg")  # the plots are written to files, never shown in a window
+
+SUMMARY_FILE = "summary.csv"
+BEST_TEST = "best_test"  # study user attribute: {"trial", "test_acc", "checkpoint"} of the last best trial tested
+
+
+def report(study: optuna.Study, sweep: Sweep) -> None:
+    """Print and write the summary, test the best trial (unless that trial was tested before), draw the plots."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = study.best_trial if complete else None
+    test_acc = test_best_trial(study, sweep, best) if best else None
+    rows = summary_rows(trials, sweep, best, test_acc)
+    sweep.folder.mkdir(parents=True, exist_ok=True)
+    with open(sweep.folder / SUMMARY_FILE, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["trial"])
+        writer.writeheader()
+        writer.writerows(rows)
+    print("\n" + format_table(rows))
+    counts = {state.name: sum(t.state == state for t in trials) for state in TrialState if state != TrialState.WAITING}
+    print(", ".join(f"{n} {name}" for name, n in counts.items() if n) or "no trials")
+    if best is not None:
+        print(f"Best trial        {best.number}: {sweep.config.metric} {best.value:.4f}  {params_text(best)}")
+        if test_acc is not None:
+            print(f"  test accuracy   {test_acc:.4f}")
+        print(f"  run folder      {sweep.trial_folder(best.number)}")
+    print(f"Summary           {sweep.folder / SUMMARY_FILE}")
+    for line in draw_plots(study, sweep.folder, complete):
+        print(line)
+    print(f"TensorBoard       tensorboard --logdir {sweep.folder}")
+    print(f"Dashboard         optuna-dashboard {sweep.storage}")
+
+
+def params_text(trial: FrozenTrial) -> str:
+    return " ".join(f"{key}={value}" for key, value in trial.params.items())
+
+
+def test_best_trial(study: optuna.Study, sweep: Sweep, best: FrozenTrial) -> float | None:
+    """The best trial's best checkpoint's accuracy on the official test set, measured once per best trial."""
+    recorded = study.user_attrs.get(BEST_TEST)
+    if recorded and recorded["trial"] == best.number:
+        return recorded["test_acc"]
+    checkpoint = best.user_attrs.get("checkpoint")
+    config = sweep.trial_folder(best.number) / "config.yaml"
+    if not checkpoint or not Path(checkpoint).is_file() or not config.is_file():
+        host = best.user_attrs.get("worker", {}).get("host", "another machine")
+        print(
+            f"note: trial {best.number}'s best checkpoint is not on this machine but on {host}: test it there with "
+            f"python -m mnist_lightning test --config {config} --ckpt_path {checkpoint}"
+        )
+        return None
+    print(f"\nTesting trial {best.number}'s best checkpoint on the official test set")
+    # Without a logger the checkpoint callback's folder differs from the trial's, which Lightning notes; it is moot.
+    warnings.filterwarnings("ignore", message="The dirpath has changed")
+    cli = MNISTLightningCLI(
+        MNISTClassifier,
+        MNISTDataModule,
+        seed_everything_default=42,  # as cli_main
+        args=["test", f"--config={config}", f"--ckpt_path={checkpoint}", "--trainer.logger=false", "--verbose=false"],
+    )
+    test_acc = float(cli.trainer.callback_metrics["test/acc"])
+    study.set_user_attr(BEST_TEST, {"trial": best.number, "test_acc": test_acc, "checkpoint": checkpoint})
+    return test_acc
+
+
+def summary_rows(
+    trials: list[FrozenTrial], sweep: Sweep, best: FrozenTrial | None, test_acc: float | None
+) -> list[dict[str, Any]]:
+    """One row per trial: number, state, parameters, metric, epochs run, seconds, the best one's test accuracy."""
+    rows = []
+    for trial in trials:
+        if trial.user_attrs.get("worker") is None and trial.state == TrialState.FAIL:
+            continue  # a surplus trial that never ran
+        row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name}
+        row.update({p.key: trial.params.get(p.key, "") for p in sweep.config.space})
+        row[sweep.config.metric] = "" if trial.value is None else round(trial.value, 6)
+        row["epochs"] = trial.user_attrs.get("epochs", "")
+        row["seconds"] = round(trial.duration.total_seconds(), 1) if trial.duration else ""
+        row["test/acc"] = round(test_acc, 6) if best is not None and trial.number == best.number and test_acc else ""
+        row["note"] = trial.user_attrs.get("error", "")
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no trials)"
+    header = list(rows[0])
+    cells = [header] + [[str(row[key]) for key in header] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in cells
+    )
+
+
+def draw_plots(study: optuna.Study, folder: Path, complete: list[FrozenTrial]) -> list[str]:
+    """Optuna's optimization history, parameter importances and parallel coordinates as PNGs; a line for each."""
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    if not complete:
+        return ["Plots             none yet: no trial is COMPLETE"]
+    varied = len({tuple(sorted(map(str, t.params.items()))) for t in complete}) > 1
+    lines = []
+    for name, draw in (
+        ("history", plots.plot_optimization_history),
+        ("importances", plots.plot_param_importances),
+        ("parallel_coordinates", plots.plot_parallel_coordinate),
+    ):
+        if name == "importances" and not varied:
+            lines.append("note: no importances plot yet: it needs 2 COMPLETE trials with different parameters")
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+            try:
+                axes = draw(study)
+            except (ValueError, RuntimeError) as e:
+                lines.append(f"note: no {name} plot: {e}")
+                continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        path = folder / f"{name}.png"
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        lines.append(f"Plot              {path}")
+    return lines
