@@ -27,6 +27,7 @@ Lightning's subcommands (python -m mnist_lightning COMMAND --help lists every fl
 
 def main(args: list[str] | None = None) -> None:
     """Run `python -m mnist_lightning` with `args` (default `sys.argv[1:]`)."""
+    given = args
     args = sys.argv[1:] if args is None else list(args)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE + "".join(f"  {name:<9}  {about}\n" for name, (_, about, _) in COMMANDS.items()), end="")
@@ -34,7 +35,7 @@ def main(args: list[str] | None = None) -> None:
     if args[0] not in COMMANDS:
         from mnist_lightning.cli import cli_main  # Lightning's import is the slow part of start-up
 
-        cli_main(args)
+        cli_main(given)  # None: LightningCLI reads sys.argv itself, and warns when given both
         return
     module_name, _, extra = COMMANDS[args[0]]
     with one_line_errors():
