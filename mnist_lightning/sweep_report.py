@@ -77,6 +77,7 @@ def test_best_trial(study: optuna.Study, sweep: Sweep, best: FrozenTrial) -> flo
         MNISTClassifier,
         MNISTDataModule,
         seed_everything_default=42,  # as cli_main
+        save_config_callback=None,  # without a logger it would write config.yaml into the working folder
         args=["test", f"--config={config}", f"--ckpt_path={checkpoint}", "--trainer.logger=false", "--verbose=false"],
     )
     test_acc = float(cli.trainer.callback_metrics["test/acc"])
