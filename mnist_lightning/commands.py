@@ -3,6 +3,7 @@ of their own beside them, each in its own module with a `main(args)`."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
@@ -14,6 +15,8 @@ COMMANDS = {
     "export": ("mnist_lightning.export", "write a checkpoint as a self-checked ONNX model", "serve"),
     "serve": ("mnist_lightning.serve", "a web page and an HTTP API that read digits", "serve"),
 }
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 USAGE = """usage: python -m mnist_lightning COMMAND [FLAGS]
 
@@ -32,6 +35,12 @@ def main(args: list[str] | None = None) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE + "".join(f"  {name:<9}  {about}\n" for name, (_, about, _) in COMMANDS.items()), end="")
         raise SystemExit(0 if args else 2)
+    if args[0] not in (*LIGHTNING_SUBCOMMANDS, *COMMANDS) and not args[0].startswith("-"):
+        with one_line_errors():
+            known = [*LIGHTNING_SUBCOMMANDS, *COMMANDS]
+            close = difflib.get_close_matches(args[0], known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UserError(f"no command {args[0]!r}: {hint}the commands are {', '.join(known)}")
     if args[0] not in COMMANDS:
         from mnist_lightning.cli import cli_main  # Lightning's import is the slow part of start-up
 

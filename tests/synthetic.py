@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,3 +87,20 @@ def run_cli(data_dir: Path, cwd: Path, *args: str) -> str:
 def printed_test_accuracy(output: str) -> str:
     """The last test/acc in Lightning's printed results table, as printed."""
     return re.findall(r"test/acc\s+([0-9.]+)", output)[-1]
+
+
+def one_line_error(capture: Any, args: list[str]) -> str:
+    """Run `cli_main(args)` in this process and require exit status 2, no traceback and exactly one `error:` line on
+    stderr; return that line. `capture` is pytest's capsys or capfd."""
+    import pytest
+
+    from mnist_lightning.cli import cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(args)
+    output = capture.readouterr()
+    assert exit_info.value.code == 2, output.out[-2000:] + output.err[-2000:]
+    assert "Traceback" not in output.err + output.out
+    errors = [line for line in output.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, output.err[-2000:]
+    return errors[0]

@@ -27,7 +27,7 @@ from mnist_lightning.checkpoint_io import TEMPORARY, AtomicCheckpointIO, use_ato
 from mnist_lightning.cli import cli_main
 from mnist_lightning.errors import CheckpointError
 from mnist_lightning.runs import read_checkpoint
-from tests.synthetic import cli_command, subprocess_env
+from tests.synthetic import cli_command, one_line_error, subprocess_env
 
 OTHER_FILE_SYSTEM = "/dev/shm"  # a tmpfs: where Lightning's own writer would put its temporary files
 # A large network (22 MB per checkpoint: weights and Adam's two moments) in epochs of 8 small batches, saving
@@ -44,17 +44,6 @@ def no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def plain_checkpoint(step: int, size: int = 1000) -> dict:
     return {"state_dict": {"weight": torch.full((size,), float(step))}, "global_step": step}
-
-
-def one_line_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 class FolderEvents:

@@ -17,7 +17,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from mnist_lightning.cli import cli_main
 from mnist_lightning.runs import read_checkpoint
 from mnist_lightning.sources import DATASETS
-from tests.synthetic import trust_synthetic_mnist
+from tests.synthetic import one_line_error, trust_synthetic_mnist
 
 # 4 training steps of 50 images per epoch, 2 epochs; 2 batches each of validation and test.
 QUICK = [
@@ -87,18 +87,6 @@ def workdir(synthetic_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def data_args(data_dir: Path) -> list[str]:
     return [f"--data.data_dir={data_dir}"]
-
-
-def refusal(args: list[str], capfd: pytest.CaptureFixture[str]) -> str:
-    """Run the CLI, require exit status 2 without a traceback, and return its one-line error."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(args)
-    output = capfd.readouterr()
-    assert exit_info.value.code == 2, output.out[-2000:] + output.err[-2000:]
-    assert "Traceback" not in output.err + output.out
-    errors = [line for line in output.err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, output.err[-2000:]
-    return errors[0]
 
 
 @pytest.mark.parametrize("flags", WORKS.values(), ids=WORKS.keys())
@@ -172,7 +160,7 @@ def test_the_csv_logger_gets_the_metrics_and_a_note_about_tensorboard_panels(
 def test_fit_refuses_in_one_line_naming_the_flag(
     flags: list[str], named: str, workdir: Path, synthetic_mnist: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    error = refusal(["fit", *QUICK, *data_args(synthetic_mnist), *flags], capfd)
+    error = one_line_error(capfd, ["fit", *QUICK, *data_args(synthetic_mnist), *flags])
     assert named in error
     assert not list(workdir.glob("lightning_logs/*/checkpoints")), "refused before training"
 
@@ -234,7 +222,7 @@ def test_evaluation_uses_the_most_recent_runs_checkpoint_and_says_which(
 def test_evaluation_without_any_trained_run_is_refused(
     subcommand: str, workdir: Path, synthetic_mnist: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    error = refusal([subcommand, *data_args(synthetic_mnist)], capfd)
+    error = one_line_error(capfd, [subcommand, *data_args(synthetic_mnist)])
     assert "no --ckpt_path" in error and "fit" in error
 
 
@@ -255,7 +243,7 @@ def test_fit_ckpt_path_last_resumes_the_most_recent_run_in_its_own_folder(
 def test_fit_refuses_a_special_checkpoint_it_cannot_resume(
     ckpt_path: str, named: str, workdir: Path, synthetic_mnist: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    assert named in refusal(["fit", *QUICK, *data_args(synthetic_mnist), f"--ckpt_path={ckpt_path}"], capfd)
+    assert named in one_line_error(capfd, ["fit", *QUICK, *data_args(synthetic_mnist), f"--ckpt_path={ckpt_path}"])
 
 
 def test_predict_refuses_a_folder_without_images(
@@ -263,5 +251,5 @@ def test_predict_refuses_a_folder_without_images(
 ) -> None:
     monkeypatch.chdir(fitted_runs)
     (tmp_path / "notes.txt").write_text("not a digit")
-    error = refusal(["predict", *data_args(synthetic_mnist), f"--data.predict_path={tmp_path}"], capfd)
+    error = one_line_error(capfd, ["predict", *data_args(synthetic_mnist), f"--data.predict_path={tmp_path}"])
     assert "--data.predict_path" in error and "no image" in error

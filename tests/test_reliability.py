@@ -19,7 +19,7 @@ from mnist_lightning.cli import cli_main
 from mnist_lightning.errors import TrainingDiverged
 from mnist_lightning.runs import LastCheckpoint, read_checkpoint
 from mnist_lightning.sources import DATASETS
-from tests.synthetic import cli_command, subprocess_env
+from tests.synthetic import cli_command, one_line_error, subprocess_env
 
 # 100 steps per epoch, enough epochs that a signal always lands during training.
 # 500 steps per epoch, long enough (half a second or more) for a signal sent 0.3 s into the second epoch to land there.
@@ -108,17 +108,6 @@ def test_two_runs_started_together_get_their_own_folders(synthetic_dir: Path, tm
     assert folders == ["lightning_logs/version_0", "lightning_logs/version_1"]
     for folder in folders:
         assert (tmp_path / folder / "config.yaml").exists() and (tmp_path / folder / "checkpoints").exists()
-
-
-def one_line_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.mark.parametrize(
