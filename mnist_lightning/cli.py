@@ -45,8 +45,9 @@ from mnist_lightning.runs import (
 )
 from mnist_lightning.visuals import Dashboard
 
-# Values of --ckpt_path that Lightning resolves itself rather than naming a file.
-SPECIAL_CHECKPOINTS = ("best", "last", "hpc", "registry")
+# Values of --ckpt_path that Lightning resolves itself rather than naming a file (`last` and `best` have become
+# files by then: runs.resolve_checkpoint).
+SPECIAL_CHECKPOINTS = ("hpc", "registry")
 LIGHTNING_SOURCE = Path(L.__file__).parent
 
 # jsonargparse cannot write a torch.device into config.yaml (StochasticWeightAveraging's `device` argument) unless

@@ -16,16 +16,15 @@ COMMANDS = {
     "serve": ("mnist_lightning.serve", "a web page and an HTTP API that read digits", "serve"),
 }
 
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_SUBCOMMANDS = {
+    "fit": "train, then test the best checkpoint",
+    "validate": "evaluate a checkpoint on the validation split",
+    "test": "evaluate a checkpoint on the official test set",
+    "predict": "predict the test set, or your own images with --data.predict_path",
+}
 
-USAGE = """usage: python -m mnist_lightning COMMAND [FLAGS]
-
-Lightning's subcommands (python -m mnist_lightning COMMAND --help lists every flag):
-  fit        train, then test the best checkpoint
-  validate   evaluate a checkpoint on the validation split
-  test       evaluate a checkpoint on the official test set
-  predict    predict the test set, or your own images with --data.predict_path
-"""
+USAGE = "usage: python -m mnist_lightning COMMAND [FLAGS]\n\nLightning's subcommands and the commands beside them "
+USAGE += "(python -m mnist_lightning COMMAND --help lists every flag):\n"
 
 
 def main(args: list[str] | None = None) -> None:
@@ -33,7 +32,8 @@ def main(args: list[str] | None = None) -> None:
     given = args
     args = sys.argv[1:] if args is None else list(args)
     if not args or args[0] in ("-h", "--help"):
-        print(USAGE + "".join(f"  {name:<9}  {about}\n" for name, (_, about, _) in COMMANDS.items()), end="")
+        abouts = {**LIGHTNING_SUBCOMMANDS, **{name: about for name, (_, about, _) in COMMANDS.items()}}
+        print(USAGE + "".join(f"  {name:<9}  {about}\n" for name, about in abouts.items()), end="")
         raise SystemExit(0 if args else 2)
     if args[0] not in (*LIGHTNING_SUBCOMMANDS, *COMMANDS) and not args[0].startswith("-"):
         with one_line_errors():
