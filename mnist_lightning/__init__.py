@@ -7,7 +7,7 @@ from typing import Any
 
 __all__ = ["MNISTClassifier", "MNISTDataModule"]
 
-_HOMES = {"MNISTClassifier": "mnist_lightning.model", "MNISTDataModule": "mnist_lightning.data"}
+_HOMES = {"MNISTClassifier": "mnist_lightning.model", "MNISTDataModule": "mnist_lightning.data.module"}
 
 
 def __getattr__(name: str) -> Any:

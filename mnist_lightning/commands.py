@@ -11,9 +11,9 @@ from mnist_lightning.errors import UserError, one_line_errors
 
 # command: (module, what it does, the extra that installs what it needs)
 COMMANDS = {
-    "sweep": ("mnist_lightning.sweep", "search hyperparameters with Optuna, each trial a fit", "sweep"),
-    "export": ("mnist_lightning.export", "write a checkpoint as a self-checked ONNX model", "serve"),
-    "serve": ("mnist_lightning.serve", "a web page and an HTTP API that read digits", "serve"),
+    "sweep": ("mnist_lightning.tools.sweep.command", "search hyperparameters with Optuna, each trial a fit", "sweep"),
+    "export": ("mnist_lightning.tools.serving.export", "write a checkpoint as a self-checked ONNX model", "serve"),
+    "serve": ("mnist_lightning.tools.serving.serve", "a web page and an HTTP API that read digits", "serve"),
 }
 
 LIGHTNING_SUBCOMMANDS = {

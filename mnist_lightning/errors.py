@@ -30,6 +30,12 @@ class TrainingDiverged(UserError, FloatingPointError):
     """The training loss stopped being a finite number."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none (an empty EOFError, say)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 @contextmanager
 def one_line_errors() -> Iterator[None]:
     """Print a `UserError` as `error: <message>` on stderr and exit with status 2; with `MNIST_LIGHTNING_DEBUG=1`

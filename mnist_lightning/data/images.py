@@ -1,9 +1,9 @@
 """Digits in your own images (photos, scans, drawings), prepared the way MNIST prepared its own.
 
 MNIST's digits are white ink on black, fitted into 20×20 pixels and placed in a 28×28 field so that their centre of
-mass is in the middle. `mnist_style` does the same to any image of one digit; `read_digit_images` applies it to a
-file or a folder and reports, rather than raises, each file it cannot use; `serve` applies `prepare_digit` to each
-uploaded image.
+mass is in the middle. `mnist_style` does the same to any image of one digit, for a field of any size (a dataset
+of 20×20 images gets its digit fitted into 14×14); `read_digit_images` applies it to a file or a folder and reports,
+rather than raises, each file it cannot use; `serve` applies `prepare_digit` to each uploaded image.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from torchvision.transforms.v2 import functional as F
 from mnist_lightning.errors import DataError
 
 MAX_PIXELS = 50_000_000
-DIGIT_BOX = 20  # MNIST fits each digit into 20×20 pixels ...
-FIELD = 28  # ... inside a 28×28 field
+MNIST_SHAPE = (1, 28, 28)
+BOX_SHARE = 20 / 28  # MNIST fits each digit into 20×20 pixels of its 28×28 field
 MIN_CONTRAST = 32  # grey levels between ink and paper below which an image counts as blank
 
 
@@ -55,13 +55,16 @@ def load_image(source: Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Imag
         raise UnusableImage(f"unreadable image ({e})") from None
 
 
-def prepare_digit(source: Path | bytes, max_pixels: int = MAX_PIXELS) -> Tensor:
-    """An image file (or its bytes) of one digit as a uint8 1×28×28 MNIST digit; `UnusableImage` says why not."""
-    return mnist_style(load_image(source, max_pixels))
+def prepare_digit(
+    source: Path | bytes, shape: tuple[int, int, int] = MNIST_SHAPE, max_pixels: int = MAX_PIXELS
+) -> Tensor:
+    """An image file (or its bytes) of one digit as a uint8 C×H×W MNIST-style digit; `UnusableImage` says why not."""
+    return mnist_style(load_image(source, max_pixels), shape)
 
 
-def mnist_style(image: Image.Image) -> Tensor:
-    """One digit, dark on light or light on dark, any size: a uint8 1×28×28 tensor like an MNIST digit."""
+def mnist_style(image: Image.Image, shape: tuple[int, int, int] = MNIST_SHAPE) -> Tensor:
+    """One digit, dark on light or light on dark, any size: a uint8 C×H×W tensor (1×28×28 for MNIST) with the digit
+    prepared as MNIST prepared its digits."""
     grey = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32))
     border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     paper = border.median()
@@ -77,30 +80,33 @@ def mnist_style(image: Image.Image) -> Tensor:
     top, left = max(0, top - margin), max(0, left - margin)
     bottom, right = min(ink.shape[0], bottom + margin), min(ink.shape[1], right + margin)
     digit = ink[top:bottom, left:right]
-    scale = DIGIT_BOX / box
+    scale = max(1, round(BOX_SHARE * min(shape[1:]))) / box
     size = [max(1, round(digit.shape[0] * scale)), max(1, round(digit.shape[1] * scale))]
     digit = F.resize(digit[None], size, antialias=True)[0].clamp(0, 1)
-    return place_by_centre_of_mass(digit)
+    channels, height, width = shape
+    return place_by_centre_of_mass(digit, height, width).expand(channels, -1, -1).clone()
 
 
-def place_by_centre_of_mass(digit: Tensor) -> Tensor:
-    """Paste an H×W image (values in [0, 1]) into the 28×28 field with its centre of mass in the middle."""
-    digit = digit[:FIELD, :FIELD]
+def place_by_centre_of_mass(digit: Tensor, height: int, width: int) -> Tensor:
+    """Paste an image (values in [0, 1]) into a height×width field with its centre of mass in the middle; return it
+    as uint8, 1×height×width."""
+    digit = digit[:height, :width]
     mass = digit.sum()
     centre_y = (digit.sum(dim=1) * torch.arange(digit.shape[0])).sum() / mass
     centre_x = (digit.sum(dim=0) * torch.arange(digit.shape[1])).sum() / mass
-    middle = (FIELD - 1) / 2
-    top = int(min(max(round(float(middle - centre_y)), 0), FIELD - digit.shape[0]))
-    left = int(min(max(round(float(middle - centre_x)), 0), FIELD - digit.shape[1]))
-    field = torch.zeros(FIELD, FIELD)
+    top = int(min(max(round(float((height - 1) / 2 - centre_y)), 0), height - digit.shape[0]))
+    left = int(min(max(round(float((width - 1) / 2 - centre_x)), 0), width - digit.shape[1]))
+    field = torch.zeros(height, width)
     field[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
     return (field * 255).round().to(torch.uint8)[None]
 
 
-def read_digit_images(path: Path) -> tuple[list[Path], Tensor, list[tuple[Path, str]]]:
-    """Prepare one image file, or every file in a folder (not its subfolders, not hidden files).
+def read_digit_images(
+    path: Path, shape: tuple[int, int, int] = MNIST_SHAPE
+) -> tuple[list[Path], Tensor, list[tuple[Path, str]]]:
+    """Prepare one image file, or every file in a folder (not its subfolders, not hidden files), as `shape` images.
 
-    Returns the files that worked, their N×1×28×28 uint8 images, and (file, reason) for each that did not.
+    Returns the files that worked, their N×C×H×W uint8 images, and (file, reason) for each that did not.
     """
     if not path.exists():
         raise DataError(f"--data.predict_path {path}: no such file or folder")
@@ -108,8 +114,8 @@ def read_digit_images(path: Path) -> tuple[list[Path], Tensor, list[tuple[Path, 
     used, images, failures = [], [], []
     for file in files:
         try:
-            images.append(prepare_digit(file))
+            images.append(prepare_digit(file, shape))
             used.append(file)
         except UnusableImage as e:
             failures.append((file, str(e)))
-    return used, torch.stack(images) if images else torch.empty(0, 1, FIELD, FIELD, dtype=torch.uint8), failures
+    return used, torch.stack(images) if images else torch.empty(0, *shape, dtype=torch.uint8), failures

@@ -1,8 +1,10 @@
 """A trained classifier outside Lightning: the network with its normalization and softmax as one module, and the two
 ways to run it on images in [0, 1] — onnxruntime on an exported model, or torch on a checkpoint.
 
-Both predictors take float32 N×1×28×28 arrays (white digit on black, as MNIST stores it) and return N×C class
-probabilities; `export` checks one against the other, and `serve` runs either.
+Both predictors take float32 N×C×H×W arrays of their dataset's image shape (1×28×28 for MNIST: white digit on
+black, as MNIST stores it) and return N×K class probabilities; `export` checks one against the other, and `serve`
+runs either. What a model was trained on (dataset, classes, image shape) comes from its checkpoint, or from the
+exported model's metadata.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mnist_lightning.errors import CheckpointError
-from mnist_lightning.sources import DATASETS
+from mnist_lightning.datasets import DatasetSpec
+from mnist_lightning.errors import CheckpointError, first_line
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -29,10 +31,19 @@ class ModelInfo:
 
     dataset: str
     classes: tuple[str, ...]
+    image_shape: tuple[int, int, int]
     val_accuracy: float | None
 
+    @classmethod
+    def of(cls, spec: DatasetSpec, val_accuracy: float | None) -> ModelInfo:
+        return cls(spec.name, spec.classes, spec.image_shape, val_accuracy)
+
     def metadata(self) -> dict[str, str]:
-        metadata = {"dataset": self.dataset, "classes": json.dumps(list(self.classes))}
+        metadata = {
+            "dataset": self.dataset,
+            "classes": json.dumps(list(self.classes)),
+            "image_shape": json.dumps(list(self.image_shape)),
+        }
         if self.val_accuracy is not None:
             metadata["val_accuracy"] = f"{self.val_accuracy:.6f}"
         return metadata
@@ -40,8 +51,13 @@ class ModelInfo:
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> ModelInfo:
         accuracy = metadata.get("val_accuracy")
+        # Models exported before the image shape was recorded are MNIST-shaped.
+        shape = tuple(json.loads(metadata.get("image_shape", "[1, 28, 28]")))
         return cls(
-            metadata["dataset"], tuple(json.loads(metadata["classes"])), None if accuracy is None else float(accuracy)
+            metadata["dataset"],
+            tuple(json.loads(metadata["classes"])),
+            shape,
+            None if accuracy is None else float(accuracy),
         )
 
 
@@ -60,40 +76,29 @@ class ProbabilityModel(nn.Module):
 
 
 def load_probability_model(ckpt_path: Path) -> tuple[ProbabilityModel, ModelInfo]:
-    """The checkpoint's network in eval mode (dropout off, batch norm on its running statistics), and its info."""
-    from mnist_lightning.model import MNISTClassifier  # imports Lightning: only for checkpoints, not ONNX models
-    from mnist_lightning.runs import read_checkpoint
+    """The checkpoint's network in eval mode (dropout off, batch norm on its running statistics), normalized with the
+    checkpoint's dataset's statistics, and its info."""
+    # Lightning is imported for checkpoints only: serving an ONNX model starts without it.
+    from mnist_lightning.model import MNISTClassifier
+    from mnist_lightning.runs.checkpoints import dataset_of, read_checkpoint, val_accuracy_of
 
     checkpoint = read_checkpoint(ckpt_path)
+    spec = dataset_of(checkpoint, f"--ckpt_path {ckpt_path}")
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    dataset = checkpoint.get("datamodule_hyper_parameters", {}).get("dataset", "mnist")
-    if dataset not in DATASETS:
-        raise CheckpointError(f"--ckpt_path {ckpt_path} was trained on {dataset!r}, which this version does not know")
     try:
         classifier = MNISTClassifier(**hparams)
         classifier.load_state_dict(checkpoint["state_dict"])
     except (TypeError, RuntimeError) as e:
         raise CheckpointError(
-            f"--ckpt_path {ckpt_path} does not fit MNISTClassifier ({str(e).splitlines()[0]}): "
-            "export checkpoints written by this project's `fit`"
+            f"--ckpt_path {ckpt_path} does not fit MNISTClassifier ({first_line(e)}): "
+            "use a checkpoint written by this project's `fit`"
         ) from None
-    spec = DATASETS[dataset]
     model = ProbabilityModel(classifier.net, spec.mean, spec.std).eval()
-    return model, ModelInfo(dataset, spec.classes, checkpoint_val_accuracy(checkpoint))
-
-
-def checkpoint_val_accuracy(checkpoint: dict[str, Any]) -> float | None:
-    """The validation accuracy of the checkpoint's weights, as its `val/acc` ModelCheckpoint recorded it."""
-    for name, state in checkpoint.get("callbacks", {}).items():
-        if name.startswith("ModelCheckpoint") and state.get("monitor") == "val/acc":
-            score = state.get("current_score")
-            if score is not None:
-                return float(score)
-    return None
+    return model, ModelInfo.of(spec, val_accuracy_of(checkpoint))
 
 
 class Predictor(Protocol):
-    """Class probabilities (N×C) for float32 images (N×1×28×28, values in [0, 1])."""
+    """Class probabilities (N×K) for float32 images (N×C×H×W of `info.image_shape`, values in [0, 1])."""
 
     info: ModelInfo
     runtime: str

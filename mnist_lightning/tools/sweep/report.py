@@ -3,25 +3,22 @@ best checkpoint tested once on the official test set, Optuna's plots, and the co
 
 from __future__ import annotations
 
-import csv
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_lightning.cli import MNISTLightningCLI
-from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.model import MNISTClassifier
-
-if TYPE_CHECKING:
-    from mnist_lightning.sweep import Sweep
+from mnist_lightning.cli import build_cli
+from mnist_lightning.files import write_atomically, write_csv
+from mnist_lightning.tools.sweep.study import Sweep
 
 matplotlib.use("Agg")  # the plots are written to files, never shown in a window
 
 SUMMARY_FILE = "summary.csv"
+ELSEWHERE = "or run the sweep elsewhere with --trainer.default_root_dir DIR"
 BEST_TEST = "best_test"  # study user attribute: {"trial", "test_acc", "checkpoint"} of the last best trial tested
 
 
@@ -32,11 +29,8 @@ def report(study: optuna.Study, sweep: Sweep) -> None:
     best = study.best_trial if complete else None
     test_acc = test_best_trial(study, sweep, best) if best else None
     rows = summary_rows(trials, sweep, best, test_acc)
-    sweep.folder.mkdir(parents=True, exist_ok=True)
-    with open(sweep.folder / SUMMARY_FILE, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["trial"])
-        writer.writeheader()
-        writer.writerows(rows)
+    header = list(rows[0]) if rows else ["trial"]
+    write_csv(sweep.folder / SUMMARY_FILE, header, ([row[key] for key in header] for row in rows), ELSEWHERE)
     print("\n" + format_table(rows))
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState if state != TrialState.WAITING}
     print(", ".join(f"{n} {name}" for name, n in counts.items() if n) or "no trials")
@@ -71,14 +65,11 @@ def test_best_trial(study: optuna.Study, sweep: Sweep, best: FrozenTrial) -> flo
         )
         return None
     print(f"\nTesting trial {best.number}'s best checkpoint on the official test set")
-    # Without a logger the checkpoint callback's folder differs from the trial's, which Lightning notes; it is moot.
-    warnings.filterwarnings("ignore", message="The dirpath has changed")
-    cli = MNISTLightningCLI(
-        MNISTClassifier,
-        MNISTDataModule,
-        seed_everything_default=42,  # as cli_main
-        save_config_callback=None,  # without a logger it would write config.yaml into the working folder
-        args=["test", f"--config={config}", f"--ckpt_path={checkpoint}", "--trainer.logger=false", "--verbose=false"],
+    # Its figures and events go to the trial's folder, `test/` (again, should a test have been interrupted).
+    cli = build_cli(
+        ["test", f"--config={config}", f"--ckpt_path={checkpoint}", "--verbose=false"],
+        run_folder=sweep.trial_folder(best.number) / "test",
+        save_config_kwargs={"overwrite": True},
     )
     test_acc = float(cli.trainer.callback_metrics["test/acc"])
     study.set_user_attr(BEST_TEST, {"trial": best.number, "test_acc": test_acc, "checkpoint": checkpoint})
@@ -141,7 +132,7 @@ def draw_plots(study: optuna.Study, folder: Path, complete: list[FrozenTrial]) -
                 continue
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
         path = folder / f"{name}.png"
-        figure.savefig(path, dpi=110, bbox_inches="tight")
+        write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=110, bbox_inches="tight"), ELSEWHERE)  # noqa: B023
         plt.close(figure)
         lines.append(f"Plot              {path}")
     return lines

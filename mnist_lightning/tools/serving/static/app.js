@@ -23,7 +23,7 @@ function clearPad() {
   confidence.textContent = "";
   status.textContent = "";
   showBars(null);
-  seen.getContext("2d").clearRect(0, 0, 28, 28);
+  seen.getContext("2d").clearRect(0, 0, seen.width, seen.height);
   document.body.dataset.strokes = "0";
 }
 
@@ -87,7 +87,7 @@ function show(answer) {
   digit.textContent = answer.label;
   confidence.textContent = `${(100 * answer.probabilities[answer.digit]).toFixed(1)} % sure`;
   showBars(answer);
-  const pixels = new ImageData(28, 28);
+  const pixels = new ImageData(seen.width, seen.height);
   answer.image.flat().forEach((grey, i) => {
     pixels.data.set([grey, grey, grey, 255], 4 * i);
   });
@@ -134,6 +134,11 @@ fetch("/health")
   .then((response) => response.json())
   .then((health) => {
     classes = health.classes;
+    // The model's image shape (channels, height, width): 1×28×28 for MNIST.
+    [, seen.height, seen.width] = health.image_shape;
+    const size = `${seen.height}×${seen.width}`;
+    seen.setAttribute("aria-label", `the ${size} image the model saw`);
+    document.getElementById("seen-caption").textContent = `what the model saw (${size})`;
     const accuracy = health.val_accuracy == null ? "" : `, ${(100 * health.val_accuracy).toFixed(2)} % on validation`;
     document.getElementById("model").textContent = `${health.dataset} model on ${health.runtime}${accuracy}`;
     showBars(null);

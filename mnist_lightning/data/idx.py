@@ -1,35 +1,23 @@
-"""The IDX file format of MNIST: writing it atomically and explaining why a file is not valid IDX."""
+"""The IDX file format of MNIST: writing it, and explaining why a file is not valid IDX."""
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from mnist_lightning.files import write_atomically
 
 UINT8_TYPE_CODE = 0x08
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array as an uncompressed IDX file, atomically (temporary file, then rename)."""
+    """Write a uint8 array as an uncompressed IDX file, atomically (`mnist_lightning.files.write_atomically`)."""
     if array.dtype != np.uint8:
         raise TypeError(f"IDX writer takes uint8 arrays, got {array.dtype}")
     header = struct.pack(">BBBB", 0, 0, UINT8_TYPE_CODE, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(np.ascontiguousarray(array).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; the files are data, readable like any download
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_atomically(path, header + np.ascontiguousarray(array).tobytes())
 
 
 def idx_format_problem(path: Path, expected_ndim: int) -> str | None:

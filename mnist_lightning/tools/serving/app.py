@@ -1,9 +1,10 @@
-"""`python -m mnist_lightning serve --ckpt_path X | --model model.onnx`: a web page to draw digits on, and its API.
+"""The web app of `serve`: the page, `POST /predict`, `GET /health`.
 
 - `GET /`: the page (served from the package: it works offline).
 - `POST /predict`: an image as the raw request body (`Content-Type: image/png`, `image/jpeg`, ...) or as the multipart
-  field `file`; answers `{"digit", "label", "probabilities", "image"}`, where `image` is the 28×28 digit the model
-  saw (rows of 0-255 grey levels), prepared exactly as `predict --data.predict_path` prepares your own images.
+  field `file`; answers `{"digit", "label", "probabilities", "image"}`, where `image` is the digit the model saw
+  (rows of 0-255 grey levels, of the model's image shape), prepared exactly as `predict --data.predict_path` prepares
+  your own images.
 - `GET /health`: the model being served.
 
 Every problem with an upload is a 4xx JSON answer `{"error": "..."}` that says what is wrong.
@@ -13,22 +14,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from jsonargparse import ArgumentParser
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import Message
 
-from mnist_lightning.errors import ArgumentError
-from mnist_lightning.handwriting import MAX_PIXELS, UnusableImage, prepare_digit
-from mnist_lightning.inference import OnnxPredictor, Predictor, TorchPredictor
+from mnist_lightning.data.images import MAX_PIXELS, UnusableImage, prepare_digit
+from mnist_lightning.tools.serving.predictors import Predictor
 
 STATIC = Path(__file__).parent / "static"
 MAX_BYTES = 10 * 2**20
@@ -41,6 +39,7 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, max_pixels: int
     # Preparing a large photo takes a few hundred MB for a moment: at most one per core at a time.
     workers = anyio.CapacityLimiter(os.cpu_count() or 1)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    shape = predictor.info.image_shape
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -69,6 +68,7 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, max_pixels: int
             "runtime": predictor.runtime,
             "dataset": info.dataset,
             "classes": list(info.classes),
+            "image_shape": list(info.image_shape),
             "val_accuracy": info.val_accuracy,
         }
 
@@ -76,7 +76,7 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, max_pixels: int
     async def predict(request: Request) -> dict[str, Any]:
         image = await uploaded_image(request, max_bytes)
         try:
-            digit = await anyio.to_thread.run_sync(prepare_digit, image, max_pixels, limiter=workers)
+            digit = await anyio.to_thread.run_sync(prepare_digit, image, shape, max_pixels, limiter=workers)
         except UnusableImage as e:
             fix = f"send a photo or drawing of one digit, at most {max_pixels / 1e6:g} megapixels"
             raise HTTPException(422, f"{e}: {fix}") from None
@@ -124,56 +124,3 @@ async def multipart_file(request: Request, body: bytes, max_bytes: int) -> bytes
         if not isinstance(upload, UploadFile):
             raise HTTPException(400, "the multipart form has no file field `file`: send the image as `file`")
         return await upload.read()
-
-
-def load_predictor(ckpt_path: Path | None, model: Path | None, runtime: str) -> Predictor:
-    """The predictor for `--ckpt_path` or `--model` (exactly one of them) on `runtime`."""
-    if (ckpt_path is None) == (model is None):
-        raise ArgumentError("pass either --ckpt_path CHECKPOINT or --model MODEL.onnx (one of them)")
-    if model is not None:
-        if runtime == "torch":
-            raise ArgumentError("--runtime torch needs --ckpt_path: an ONNX --model runs on onnxruntime")
-        if not model.is_file():
-            raise ArgumentError(f"--model {model}: no such file; write one with `python -m mnist_lightning export`")
-        return OnnxPredictor(model, threads=1)
-    if runtime == "torch":
-        return TorchPredictor.from_checkpoint(ckpt_path)
-    from mnist_lightning.export import export_checked
-
-    print(f"Exporting {ckpt_path} to ONNX in memory (export it once with `export` and serve --model to skip this)")
-    return OnnxPredictor(export_checked(ckpt_path), threads=1)
-
-
-def parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="python -m mnist_lightning serve",
-        description="A web page to draw digits on, and an HTTP API (POST /predict, GET /health), for one model.",
-    )
-    parser.add_argument("--ckpt_path", type=Path | None, default=None, help="A checkpoint written by `fit`.")
-    parser.add_argument("--model", type=Path | None, default=None, help="An ONNX model written by `export`.")
-    parser.add_argument(
-        "--runtime",
-        type=Literal["onnxruntime", "torch"],
-        default="onnxruntime",
-        help="What runs the model; torch needs --ckpt_path.",
-    )
-    parser.add_argument(
-        "--host",
-        type=str,
-        default="127.0.0.1",
-        help="The address to listen on; 127.0.0.1 answers this machine only, 0.0.0.0 every network it is on.",
-    )
-    parser.add_argument("--port", type=int, default=8000, help="The port to listen on (0: any free port).")
-    return parser
-
-
-def main(args: list[str]) -> None:
-    import uvicorn
-
-    config = parser().parse_args(args)
-    # Requests run side by side, one thread each; torch splitting one small image's preparation over several
-    # threads makes them wait for each other: 7 ms per 280×280 drawing on one thread, 210 ms on two when the
-    # other core is busy (2 cores, measured while the machine was shared).
-    torch.set_num_threads(1)
-    predictor = load_predictor(config.ckpt_path, config.model, config.runtime)
-    uvicorn.run(create_app(predictor), host=config.host, port=config.port, log_level="info")

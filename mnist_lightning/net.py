@@ -1,0 +1,29 @@
+"""The network: a multilayer perceptron, in plain torch. `MNISTClassifier` (model.py) trains it; `export` writes it
+as ONNX. Another architecture is another function here that returns an `nn.Module` mapping N×C×H×W images to N×K
+class logits (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from torch import nn
+
+
+def build_mlp(
+    input_size: int, hidden_sizes: Sequence[int], num_classes: int, dropout: float, batch_norm: bool = False
+) -> nn.Sequential:
+    """Flatten, then Linear (→ BatchNorm) → ReLU (→ Dropout) for each hidden size, then a Linear layer to the
+    class logits."""
+    widths = [input_size, *hidden_sizes]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for in_features, out_features in itertools.pairwise(widths):
+        if batch_norm:  # the normalization has its own shift, which makes the Linear layer's bias redundant
+            layers += [nn.Linear(in_features, out_features, bias=False), nn.BatchNorm1d(out_features)]
+        else:
+            layers.append(nn.Linear(in_features, out_features))
+        layers.append(nn.ReLU())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(widths[-1], num_classes))
+    return nn.Sequential(*layers)

@@ -1,0 +1,180 @@
+"""Checkpoints: reading one safely before anything loads it, what it records (its dataset, its network, its score),
+and what `--ckpt_path last`, `best` or nothing mean."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from mnist_lightning.data.module import MNISTDataModule
+from mnist_lightning.datasets import DEFAULT_DATASET, DatasetSpec, dataset_of_record, get_dataset
+from mnist_lightning.errors import CheckpointError, first_line
+
+# Hyperparameters that decide the shapes of the weights.
+ARCHITECTURE = ("input_size", "hidden_sizes", "num_classes")
+DATAMODULE_STATE = MNISTDataModule.__qualname__  # where Lightning saves a data module's state_dict()
+FIT_COMMAND = "`python -m mnist_lightning fit`"
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint as plain data (`torch.load(weights_only=True)`): a pickle that would run code is refused.
+
+    When it does not load, the error names the newest checkpoint beside it that does, and how to resume from that.
+    """
+    try:
+        return _read_plain_checkpoint(path)
+    except CheckpointError as e:
+        alternative = newest_loadable_checkpoint(path.parent, besides=path) if path.parent.is_dir() else None
+        if alternative is None:
+            raise
+        config = path.parent.parent / "config.yaml"
+        if config.is_file():
+            hint = f"resume with: python -m mnist_lightning fit --config {config} --ckpt_path {alternative}"
+        else:
+            hint = f"pass --ckpt_path {alternative} instead"
+        raise CheckpointError(f"{e}; the newest checkpoint of that run that loads is {alternative}: {hint}") from None
+
+
+def loads(path: Path) -> bool:
+    """Whether `read_checkpoint` would accept `path`."""
+    try:
+        _read_plain_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def newest_loadable_checkpoint(folder: Path, besides: Path | None = None) -> Path | None:
+    """The most recently written `.ckpt` in `folder` (other than `besides`) that `read_checkpoint` accepts, or None."""
+    candidates = [p for p in _checkpoints_in(folder) if p != besides]
+    return next((candidate for candidate in candidates if loads(candidate)), None)
+
+
+def _checkpoints_in(folder: Path) -> list[Path]:
+    """The `.ckpt` files in `folder`, newest first."""
+    return sorted((p for p in folder.glob("*.ckpt") if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def _read_plain_checkpoint(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise CheckpointError(f"--ckpt_path {path} is a folder: pass a .ckpt file in it (in a run: checkpoints/*.ckpt)")
+    if not path.is_file():
+        raise CheckpointError(f"--ckpt_path {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines()]
+        reason = next((line for line in lines if re.search(r"global|operand|load key", line, re.I)), first_line(e))
+        raise CheckpointError(
+            f"--ckpt_path {path} was refused by torch.load(weights_only=True) ({reason}): it is not plain checkpoint "
+            "data, and loading it without that restriction could run code from the file"
+        ) from None
+    except PermissionError as e:
+        raise CheckpointError(f"--ckpt_path {path} cannot be read ({e.strerror}): make it readable") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError) as e:
+        size = path.stat().st_size
+        what = "an empty file (0 bytes)" if size == 0 else f"not a complete checkpoint ({first_line(e)})"
+        raise CheckpointError(
+            f"--ckpt_path {path} is {what}: it was truncated, or not written by torch.save; use another checkpoint"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+def dataset_of(checkpoint: dict[str, Any], source: str) -> DatasetSpec:
+    """The dataset a checkpoint's network was trained on, with the classes and normalization it was trained with.
+
+    Checkpoints record it in the data module's state; those of earlier versions of this project only by name.
+    """
+    facts = checkpoint.get(DATAMODULE_STATE, {}).get("dataset")
+    if facts is not None:
+        return dataset_of_record(facts, source)
+    name = (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset") or DEFAULT_DATASET
+    return get_dataset(name)
+
+
+def val_accuracy_of(checkpoint: dict[str, Any]) -> float | None:
+    """The validation accuracy of the checkpoint's weights, as its `val/acc` ModelCheckpoint recorded it."""
+    for name, state in checkpoint.get("callbacks", {}).items():
+        if name.startswith("ModelCheckpoint") and state.get("monitor") == "val/acc":
+            score = state.get("current_score")
+            if score is not None:
+                return float(score)
+    return None
+
+
+def architecture_differences(checkpoint: dict[str, Any], hparams: dict[str, Any]) -> list[str]:
+    """`name: checkpoint value vs this run's value` for each architecture hyperparameter that differs."""
+    saved = checkpoint.get("hyper_parameters", {})
+    return [
+        f"{name}={_plain(saved[name])} in the checkpoint, {_plain(hparams[name])} here"
+        for name in ARCHITECTURE
+        if name in saved and name in hparams and _plain(saved[name]) != _plain(hparams[name])
+    ]
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def best_checkpoint(folder: Path) -> Path | None:
+    """The best checkpoint in a run's `checkpoints/` folder that loads: the only one besides last.ckpt, or, when
+    several are kept (`--checkpoint.save_top_k`), the one the newest of them records as best."""
+    kept = [p for p in _checkpoints_in(folder) if not p.name.startswith("last") and loads(p)]
+    if len(kept) <= 1:
+        return kept[0] if kept else None
+    states = read_checkpoint(kept[0]).get("callbacks", {})
+    recorded = [Path(state["best_model_path"]).name for key, state in states.items() if key.startswith("ModelCheck")]
+    return next((folder / name for name in recorded if folder / name in kept), kept[0])
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """A run's `checkpoints/last.ckpt`, if it loads."""
+    last = folder / "last.ckpt"
+    return last if last.is_file() and loads(last) else None
+
+
+def runs_by_recency(root: Path) -> list[Path]:
+    """The `checkpoints/` folders of the runs under `root`, the one with the most recently written checkpoint first."""
+    newest = {}
+    for file in root.glob("*/checkpoints/*.ckpt"):
+        newest[file.parent] = max(newest.get(file.parent, 0), file.stat().st_mtime_ns)
+    return sorted(newest, key=newest.__getitem__, reverse=True)
+
+
+def resolve_checkpoint(subcommand: str, ckpt_path: str | None, root: Path) -> str | None:
+    """What `--ckpt_path` means here, as a file (or None for a fresh fit).
+
+    `fit`: `last` resumes the most recent run under `root` that has a last.ckpt. `validate`, `test`, `predict`: `last`
+    is the newest run's last.ckpt, `best` or no `--ckpt_path` its best checkpoint (of the newest run that has one
+    that loads); never the untrained weights of a new model.
+    """
+    if subcommand == "fit":
+        if ckpt_path == "best":
+            raise CheckpointError(
+                "fit --ckpt_path best: resuming needs the latest state, not the best: pass --ckpt_path last or a file"
+            )
+        if ckpt_path != "last":
+            return ckpt_path
+    elif ckpt_path not in (None, "best", "last"):
+        return ckpt_path
+    which = "last" if ckpt_path == "last" else "best"
+    find = last_checkpoint if which == "last" else best_checkpoint
+    found = next((file for folder in runs_by_recency(root) if (file := find(folder)) is not None), None)
+    if found is None:
+        given = f"--ckpt_path {ckpt_path}" if ckpt_path else "no --ckpt_path"
+        raise CheckpointError(
+            f"{subcommand} with {given}: no run under {root} has a {which} checkpoint that loads: train one with "
+            f"{FIT_COMMAND}, or pass --ckpt_path FILE"
+        )
+    if subcommand != "fit" and rank_zero_only.rank == 0:  # a resumed fit says "Resuming ..." itself
+        print(f"Using the {which} checkpoint of the most recent run that has one: {found}", file=sys.stderr)
+    return str(found)
