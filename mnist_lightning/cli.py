@@ -8,6 +8,7 @@ dataset from the checkpoint. `build_cli` is the one way every command, sweep tri
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import warnings
@@ -31,7 +32,7 @@ from mnist_lightning.data.module import MNISTDataModule
 from mnist_lightning.datasets import DEFAULT_DATASET
 from mnist_lightning.defaults import NullProfiler, silence_third_party_noise, stop_probing_for_nvml_without_gpus
 from mnist_lightning.errors import DEBUG_VARIABLE, ArgumentError, one_line_errors
-from mnist_lightning.flags import lightnings_refusal, refuse_unworkable_flags
+from mnist_lightning.flags import lightnings_refusal, parse_error, refuse_unworkable_flags
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.runs.checkpoint_io import use_atomic_checkpoints
 from mnist_lightning.runs.checkpoints import architecture_differences, dataset_of, read_checkpoint, resolve_checkpoint
@@ -118,7 +119,14 @@ class MNISTLightningCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as e:  # build_cli asks jsonargparse to raise rather than print its usage
+            given = args if isinstance(args, list) else sys.argv[1:]
+            subcommand = next((arg for arg in given if arg in self.subcommands()), "fit")
+            defaults = self._parser(subcommand).get_defaults()  # a private method: see instantiate_trainer
+            flags = [f"--{key}" for key in defaults.keys()]  # noqa: SIM118 (a Namespace iterates over its values)
+            raise parse_error(e, subcommand, flags, given) from None
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
@@ -249,8 +257,17 @@ def build_cli(
     class (`run_folder`, `parse_only`, and LightningCLI's own, e.g. `trainer_defaults`).
     """
     silence_third_party_noise()
+    # Errors as one line, never 120 lines of usage first; the usage names the command a user types.
+    parser_kwargs = {"exit_on_error": False, "prog": "python -m mnist_lightning", **kwargs.pop("parser_kwargs", {})}
     try:
-        return cli_class(MNISTClassifier, MNISTDataModule, seed_everything_default=42, args=args, **kwargs)
+        return cli_class(
+            MNISTClassifier,
+            MNISTDataModule,
+            seed_everything_default=42,
+            args=args,
+            parser_kwargs=parser_kwargs,
+            **kwargs,
+        )
     except (MisconfigurationException, ValueError, TypeError) as e:
         refusal = lightnings_refusal(e)
         if refusal is None or os.environ.get(DEBUG_VARIABLE):
