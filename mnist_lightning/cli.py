@@ -35,7 +35,12 @@ from mnist_lightning.errors import DEBUG_VARIABLE, ArgumentError, one_line_error
 from mnist_lightning.flags import lightnings_refusal, parse_error, refuse_unworkable_flags
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.runs.checkpoint_io import use_atomic_checkpoints
-from mnist_lightning.runs.checkpoints import architecture_differences, dataset_of, read_checkpoint, resolve_checkpoint
+from mnist_lightning.runs.checkpoints import (
+    architecture_differences,
+    dataset_to_use,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from mnist_lightning.runs.folders import (
     RunFolder,
     choose_run_folder,
@@ -137,14 +142,7 @@ class MNISTLightningCLI(LightningCLI):
             return
         # Checked before Lightning reads it: missing, truncated, unsafe to unpickle, of another dataset.
         self.checkpoint = read_checkpoint(Path(config.ckpt_path))
-        trained_on = dataset_of(self.checkpoint, f"--ckpt_path {config.ckpt_path}").name
-        if config.data.dataset not in (None, trained_on):
-            raise ArgumentError(
-                f"--ckpt_path {config.ckpt_path} was trained on {trained_on}, not --data.dataset "
-                f"{config.data.dataset}: leave --data.dataset out (the checkpoint's dataset is used), or pass a "
-                "checkpoint of that dataset"
-            )
-        config.data.dataset = trained_on
+        config.data.dataset = dataset_to_use(self.checkpoint, config.ckpt_path, asked=config.data.dataset)
         # Lightning builds the network from the checkpoint's hyperparameters, whatever the config says: say so.
         differences = architecture_differences(self.checkpoint, config.model.as_dict())
         if differences and rank_zero_only.rank == 0:

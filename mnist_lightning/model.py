@@ -51,19 +51,15 @@ class MNISTClassifier(L.LightningModule):
         num_classes: int = 10,
     ) -> None:
         super().__init__()
-        hidden_sizes = list(hidden_sizes)
-        if not hidden_sizes or any(size <= 0 for size in hidden_sizes):
-            raise ArgumentError(f"hidden_sizes must be a non-empty list of positive widths, got {hidden_sizes}")
-        if not 0 <= dropout < 1:
-            raise ArgumentError(f"dropout must be in [0, 1), got {dropout}")
         if lr <= 0:
             raise ArgumentError(f"lr must be positive, got {lr}")
         if weight_decay < 0:
             raise ArgumentError(f"weight_decay must be 0 or more, got {weight_decay}")
         if not 0 <= label_smoothing < 1:
             raise ArgumentError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        hidden_sizes = list(hidden_sizes)  # saved as a list, as the CLI gives it
+        self.net = build_mlp(input_size, hidden_sizes, num_classes, dropout, batch_norm)  # checks its arguments
         self.save_hyperparameters()
-        self.net = build_mlp(input_size, hidden_sizes, num_classes, dropout, batch_norm)
 
         # One metric object per stage. validate_args=False skips per-step input checks that cost more than this
         # small network's forward pass.
@@ -176,14 +172,18 @@ class MNISTClassifier(L.LightningModule):
         )
         if self.hparams.lr_schedule == "constant":
             return {"optimizer": optimizer}
-        steps = self.trainer.estimated_stepping_batches
-        if steps == float("inf"):
-            raise ArgumentError(
-                f"lr_schedule={self.hparams.lr_schedule} spans the whole fit, which has no end here: "
-                "pass --trainer.max_epochs N (or --trainer.max_steps N), or --model.lr_schedule constant"
-            )
-        if self.hparams.lr_schedule == "one_cycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=steps)
-        else:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        scheduler = lr_scheduler(optimizer, self.hparams.lr_schedule, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str, steps: float) -> torch.optim.lr_scheduler.LRScheduler:
+    """The `one_cycle` or `cosine` schedule over a fit of `steps` optimizer steps, peaking at the optimizer's lr."""
+    if steps == float("inf"):
+        raise ArgumentError(
+            f"lr_schedule={schedule} spans the whole fit, which has no end here: "
+            "pass --trainer.max_epochs N (or --trainer.max_steps N), or --model.lr_schedule constant"
+        )
+    if schedule == "one_cycle":
+        peak = optimizer.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=int(steps))
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(steps))

@@ -9,12 +9,18 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from mnist_lightning.errors import ArgumentError
+
 
 def build_mlp(
     input_size: int, hidden_sizes: Sequence[int], num_classes: int, dropout: float, batch_norm: bool = False
 ) -> nn.Sequential:
     """Flatten, then Linear (→ BatchNorm) → ReLU (→ Dropout) for each hidden size, then a Linear layer to the
     class logits."""
+    if not hidden_sizes or any(size <= 0 for size in hidden_sizes):
+        raise ArgumentError(f"hidden_sizes must be a non-empty list of positive widths, got {list(hidden_sizes)}")
+    if not 0 <= dropout < 1:
+        raise ArgumentError(f"dropout must be in [0, 1), got {dropout}")
     widths = [input_size, *hidden_sizes]
     layers: list[nn.Module] = [nn.Flatten()]
     for in_features, out_features in itertools.pairwise(widths):

@@ -63,7 +63,7 @@ class Samples(L.Callback):
         tensorboard = writer(trainer)
         if tensorboard is None:
             return
-        classes = trainer.datamodule.classes  # type: ignore[attr-defined]
+        classes = trainer.datamodule.spec.classes  # type: ignore[attr-defined]
         images, labels = trainer.datamodule.train_set[: self.grid_size]  # type: ignore[attr-defined]
         figure = labelled_grid(images.float() / 255, [classes[label] for label in labels.tolist()])
         tensorboard.add_figure("samples/train", figure, global_step=trainer.global_step)
@@ -79,7 +79,7 @@ class ConfusionMatrix(L.Callback):
         self.last_val_matrix: Tensor | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.classes = list(trainer.datamodule.classes)  # type: ignore[attr-defined]
+        self.classes = list(trainer.datamodule.spec.classes)  # type: ignore[attr-defined]
         self.matrix = MulticlassConfusionMatrix(len(self.classes), validate_args=False).to(pl_module.device)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -142,7 +142,8 @@ class Mistakes(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if png_folder(trainer) is None or not self.mistakes:
             return
-        spec, classes = trainer.datamodule.spec, trainer.datamodule.classes  # type: ignore[attr-defined]
+        spec = trainer.datamodule.spec  # type: ignore[attr-defined]
+        classes = spec.classes
         mistakes = sorted(self.mistakes, reverse=True)
         images = torch.stack([image for _, _, image, _, _ in mistakes]).float() * spec.std + spec.mean
         captions = [f"{classes[true]}→{classes[pred]} {conf:.2f}" for conf, _, _, true, pred in mistakes]
@@ -163,7 +164,7 @@ class FirstLayer(L.Callback):
             return
         first = next(module for module in pl_module.modules() if isinstance(module, nn.Linear))
         weights = first.weight.detach()[: self.grid_size].float().cpu()
-        images = weight_images(weights, trainer.datamodule.image_shape)  # type: ignore[attr-defined]
+        images = weight_images(weights, trainer.datamodule.spec.image_shape)  # type: ignore[attr-defined]
         tensorboard.add_image("weights/first_layer", images, global_step=trainer.global_step)
 
 

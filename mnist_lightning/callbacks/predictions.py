@@ -45,7 +45,7 @@ class PredictionWriter(BasePredictionWriter):
         indices = [index for batch in indices_per_batch for index in batch]
         probabilities = torch.cat([output["probabilities"] for output in predictions]).cpu()
         path = self.output_path(trainer)
-        classes = trainer.datamodule.classes  # type: ignore[attr-defined]
+        classes = trainer.datamodule.spec.classes  # type: ignore[attr-defined]
         if trainer.datamodule.hparams.get("predict_path"):  # type: ignore[attr-defined]
             self._write_own_images(trainer, path, indices, probabilities)
             return
@@ -63,7 +63,7 @@ class PredictionWriter(BasePredictionWriter):
     def _write_own_images(self, trainer: L.Trainer, path: Path, indices: list[int], probabilities: Tensor) -> None:
         """CSV, printed table and a grid of the images as the model saw them, for `--data.predict_path`."""
         datamodule = trainer.datamodule
-        classes = datamodule.classes  # type: ignore[attr-defined]
+        classes = datamodule.spec.classes  # type: ignore[attr-defined]
         top = probabilities.topk(min(3, probabilities.shape[-1]), dim=-1)
         rows = []
         for index, values, guesses in zip(indices, top.values.tolist(), top.indices.tolist(), strict=True):
@@ -82,7 +82,7 @@ class PredictionWriter(BasePredictionWriter):
 
     @staticmethod
     def _save_grid(trainer: L.Trainer, indices: list[int], probabilities: Tensor, path: Path) -> None:
-        classes = trainer.datamodule.classes  # type: ignore[attr-defined]
+        classes = trainer.datamodule.spec.classes  # type: ignore[attr-defined]
         images = trainer.datamodule.predict_set.images[indices].float().cpu() / 255  # type: ignore[attr-defined]
         confidence, predicted = probabilities.max(dim=-1)
         captions = [f"{classes[p]} ({c:.0%})" for p, c in zip(predicted.tolist(), confidence.tolist(), strict=True)]

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mnist_lightning.errors import ArgumentError
+
 
 @dataclass(frozen=True)
 class Distortion:
@@ -33,6 +35,15 @@ class Distortion:
     shift: float = 0.0
     elastic_alpha: float = 0.0
     elastic_sigma: float = 4.0
+
+    def __post_init__(self) -> None:
+        for name in ("rotation", "zoom", "shift", "elastic_alpha"):
+            if getattr(self, name) < 0:
+                raise ArgumentError(f"{name} must be 0 or more (0 turns it off), got {getattr(self, name)}")
+        if self.zoom >= 1:
+            raise ArgumentError(f"zoom must be below 1 (0.1 means 90-110 % of the size), got {self.zoom}")
+        if self.elastic_sigma <= 0:
+            raise ArgumentError(f"elastic_sigma must be positive (Simard et al. used 4), got {self.elastic_sigma}")
 
     @property
     def enabled(self) -> bool:

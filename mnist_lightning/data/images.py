@@ -106,7 +106,8 @@ def read_digit_images(
 ) -> tuple[list[Path], Tensor, list[tuple[Path, str]]]:
     """Prepare one image file, or every file in a folder (not its subfolders, not hidden files), as `shape` images.
 
-    Returns the files that worked, their N×C×H×W uint8 images, and (file, reason) for each that did not.
+    Returns the files that worked, their N×C×H×W uint8 images, and (file, reason) for each that did not; `DataError`
+    when none did.
     """
     if not path.exists():
         raise DataError(f"--data.predict_path {path}: no such file or folder")
@@ -118,4 +119,10 @@ def read_digit_images(
             used.append(file)
         except UnusableImage as e:
             failures.append((file, str(e)))
-    return used, torch.stack(images) if images else torch.empty(0, *shape, dtype=torch.uint8), failures
+    if not used:
+        found = f"{len(failures)} files, none usable" if failures else "no files"
+        raise DataError(
+            f"--data.predict_path {path} holds no image to predict ({found}): point it at a PNG, JPEG, BMP or TIFF "
+            "file, or a folder of them"
+        )
+    return used, torch.stack(images), failures

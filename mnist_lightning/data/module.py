@@ -4,19 +4,18 @@ as tensors and served a batch at a time."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mnist_lightning.data.augment import Distortion
 from mnist_lightning.data.images import read_digit_images
-from mnist_lightning.data.sources import default_data_dir, ensure_raw_files
+from mnist_lightning.data.sources import default_data_dir, ensure_raw_files, read_split
 from mnist_lightning.datasets import DEFAULT_DATASET, DatasetSpec, get_dataset
-from mnist_lightning.errors import ArgumentError, CheckpointError, DataError
+from mnist_lightning.errors import ArgumentError, CheckpointError
 
 SPLIT_SEED = 1234
 
@@ -52,6 +51,19 @@ def fixed_split(size: int, val_size: int) -> tuple[Tensor, Tensor]:
     return order[val_size:].sort().values, order[:val_size].sort().values
 
 
+def split_train_val(images: Tensor, labels: Tensor, val_size: int) -> tuple[InMemoryImages, InMemoryImages]:
+    """The training set, split by `fixed_split` into training and validation images."""
+    if val_size >= len(labels):
+        raise ArgumentError(
+            f"val_size={val_size} leaves no training images: the training set has {len(labels)}; pass a smaller "
+            "--data.val_size"
+        )
+    train_index, val_index = fixed_split(len(labels), val_size)
+    return InMemoryImages(images[train_index], labels[train_index]), InMemoryImages(
+        images[val_index], labels[val_index]
+    )
+
+
 def keep_batch(batch: Batch) -> Batch:
     """`collate_fn` for `InMemoryImages`: its `__getitems__` already returns stacked tensors."""
     return batch
@@ -77,7 +89,7 @@ class MNISTDataModule(L.LightningDataModule):
         predict_path: an image file or a folder of them (your own handwriting, say) for `predict`; by default
             `predict` runs on the test set.
         rotation, zoom, shift, elastic_alpha, elastic_sigma: random distortion of each training image, applied to
-            whole batches on their device (see `mnist_lightning.augment.Distortion`); all 0 by default.
+            whole batches on their device (see `mnist_lightning.data.augment.Distortion`); all 0 by default.
             Validation, test and predict images are never distorted.
     """
 
@@ -102,13 +114,6 @@ class MNISTDataModule(L.LightningDataModule):
             raise ArgumentError(f"val_size must be a positive integer, got {val_size}")
         if num_workers < 0:
             raise ArgumentError(f"num_workers must be 0 or more, got {num_workers}")
-        for name, value in [("rotation", rotation), ("zoom", zoom), ("shift", shift), ("elastic_alpha", elastic_alpha)]:
-            if value < 0:
-                raise ArgumentError(f"{name} must be 0 or more (0 turns it off), got {value}")
-        if zoom >= 1:
-            raise ArgumentError(f"zoom must be below 1 (0.1 means 90-110 % of the size), got {zoom}")
-        if elastic_sigma <= 0:
-            raise ArgumentError(f"elastic_sigma must be positive (Simard et al. used 4), got {elastic_sigma}")
         # Saved as text: checkpoints hold plain data only, so that they load with torch.load(weights_only=True).
         data_dir = None if data_dir is None else str(data_dir)
         predict_path = None if predict_path is None else str(predict_path)
@@ -123,14 +128,6 @@ class MNISTDataModule(L.LightningDataModule):
         self.predict_files: list[Path] = []
         self.predict_failures: list[tuple[Path, str]] = []
         self.input_dtype = torch.float32
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return self.spec.classes
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.spec.image_shape
 
     @property
     def input_size(self) -> int:
@@ -171,42 +168,17 @@ class MNISTDataModule(L.LightningDataModule):
             self.input_dtype = self.trainer.precision_plugin.convert_input(torch.zeros(())).dtype
         # Lightning calls setup once per stage (fit, then test after fit): build each split only once.
         if stage in ("fit", "validate") and self.train_set is None:
-            images, labels = self._read_split("train")
-            if self.hparams.val_size >= len(labels):
-                raise ArgumentError(
-                    f"val_size={self.hparams.val_size} leaves no training images: the training set has "
-                    f"{len(labels)}; pass a smaller --data.val_size"
-                )
-            train_index, val_index = fixed_split(len(labels), self.hparams.val_size)
-            self.train_set = InMemoryImages(images[train_index], labels[train_index])
-            self.val_set = InMemoryImages(images[val_index], labels[val_index])
+            images, labels = (tensor.to(self._device) for tensor in read_split(self.spec, self.data_dir, "train"))
+            self.train_set, self.val_set = split_train_val(images, labels, self.hparams.val_size)
         own_images = stage == "predict" and self.hparams.predict_path is not None
         if stage in ("test", "predict") and not own_images and self.test_set is None:
-            self.test_set = InMemoryImages(*self._read_split("t10k"))
+            self.test_set = InMemoryImages(*(t.to(self._device) for t in read_split(self.spec, self.data_dir, "t10k")))
         if own_images and self.predict_set is None:
             self.predict_files, images, self.predict_failures = read_digit_images(
                 Path(self.hparams.predict_path), self.spec.image_shape
             )
-            if not self.predict_files:
-                found = f"{len(self.predict_failures)} files, none usable" if self.predict_failures else "no files"
-                raise DataError(
-                    f"--data.predict_path {self.hparams.predict_path} holds no image to predict ({found}): point "
-                    "it at a PNG, JPEG, BMP or TIFF file, or a folder of them"
-                )
             unknown = torch.full((len(images),), -1, dtype=torch.int64)
             self.predict_set = InMemoryImages(images.to(self._device), unknown.to(self._device))
-
-    def _read_split(self, prefix: Literal["train", "t10k"]) -> Batch:
-        raw = ensure_raw_files(self.spec, self.data_dir)
-        images = read_image_file(str(raw / f"{prefix}-images-idx3-ubyte")).unsqueeze(1)
-        labels = read_label_file(str(raw / f"{prefix}-labels-idx1-ubyte"))
-        if images.shape[1:] != self.spec.image_shape:
-            shape = "×".join(map(str, images.shape[1:]))
-            raise DataError(
-                f"{raw / f'{prefix}-images-idx3-ubyte'} holds {shape} images, but dataset {self.spec.name} is "
-                f"registered with {'×'.join(map(str, self.spec.image_shape))}: fix its DatasetSpec's image_shape"
-            )
-        return images.to(self._device), labels.to(self._device)
 
     @property
     def _device(self) -> torch.device:

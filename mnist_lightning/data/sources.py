@@ -25,10 +25,12 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torchvision.datasets
+from torch import Tensor
+from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mnist_lightning.data.idx import idx_format_problem, write_idx
 from mnist_lightning.datasets import IDX_FILES, DatasetSpec
@@ -89,6 +91,18 @@ def ensure_raw_files(spec: DatasetSpec, data_dir: Path) -> Path:
         _fetch_missing(spec, raw, missing)
     _remember_verification(spec, raw)
     return raw
+
+
+def read_split(spec: DatasetSpec, data_dir: Path, split: Literal["train", "t10k"]) -> tuple[Tensor, Tensor]:
+    """The images (uint8, N×C×H×W) and labels of a verified split (`train` or `t10k`, the test set) of `spec`."""
+    raw = ensure_raw_files(spec, data_dir)
+    images = read_image_file(str(raw / f"{split}-images-idx3-ubyte")).unsqueeze(1)
+    if images.shape[1:] != spec.image_shape:
+        raise DataError(
+            f"{raw / f'{split}-images-idx3-ubyte'} holds {'×'.join(map(str, images.shape[1:]))} images, but "
+            f"dataset {spec.name} is registered as {'×'.join(map(str, spec.image_shape))}: fix its image_shape"
+        )
+    return images, read_label_file(str(raw / f"{split}-labels-idx1-ubyte"))
 
 
 def _fetch_missing(spec: DatasetSpec, raw: Path, missing: list[str]) -> None:

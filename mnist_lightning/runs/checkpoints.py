@@ -101,6 +101,17 @@ def dataset_of(checkpoint: dict[str, Any], source: str) -> DatasetSpec:
     return get_dataset(name)
 
 
+def dataset_to_use(checkpoint: dict[str, Any], ckpt_path: str, asked: str | None) -> str:
+    """The dataset a command on `checkpoint` uses: the checkpoint's; `asked` (--data.dataset), if given, must agree."""
+    trained_on = dataset_of(checkpoint, f"--ckpt_path {ckpt_path}").name
+    if asked not in (None, trained_on):
+        raise CheckpointError(
+            f"--ckpt_path {ckpt_path} was trained on {trained_on}, not --data.dataset {asked}: leave --data.dataset "
+            "out (the checkpoint's dataset is used), or pass a checkpoint of that dataset"
+        )
+    return trained_on
+
+
 def val_accuracy_of(checkpoint: dict[str, Any]) -> float | None:
     """The validation accuracy of the checkpoint's weights, as its `val/acc` ModelCheckpoint recorded it."""
     for name, state in checkpoint.get("callbacks", {}).items():
