@@ -23,8 +23,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mnist_lightning import interrupts
 from mnist_lightning.callbacks.dashboard import Dashboard
 from mnist_lightning.callbacks.last_checkpoint import LastCheckpoint
 from mnist_lightning.callbacks.predictions import PredictionWriter
@@ -34,6 +34,7 @@ from mnist_lightning.defaults import NullProfiler, silence_third_party_noise, st
 from mnist_lightning.errors import DEBUG_VARIABLE, ArgumentError, one_line_errors
 from mnist_lightning.flags import lightnings_refusal, parse_error, refuse_unworkable_flags
 from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.runs import slurm
 from mnist_lightning.runs.checkpoint_io import use_atomic_checkpoints
 from mnist_lightning.runs.checkpoints import (
     architecture_differences,
@@ -275,9 +276,6 @@ def build_cli(
 
 def cli_main(args: ArgsType = None) -> MNISTLightningCLI | None:
     """`python -m mnist_lightning {fit,validate,test,predict}`: `build_cli` with every user error as one line (set
-    MNIST_LIGHTNING_DEBUG=1 for the traceback)."""
-    with one_line_errors():
-        try:
-            return build_cli(args)
-        except SIGTERMException:
-            raise SystemExit(128 + 15) from None  # LastCheckpoint has said how to resume
+    MNIST_LIGHTNING_DEBUG=1 for the traceback), and Ctrl-C, SIGTERM and SLURM's requeue signal handled."""
+    with one_line_errors(), interrupts.handled(requeue=slurm.requeue if slurm.in_job() else None):
+        return build_cli(args)

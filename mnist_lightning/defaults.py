@@ -37,13 +37,22 @@ def stop_probing_for_nvml_without_gpus() -> None:
 
 
 def silence_third_party_noise() -> None:
-    """Drop messages a user of this program can do nothing about: a deprecation inside Lightning (printed twice per
-    fit with torch 2.14), Lightning's advert for its cloud logger, and its hint to use `srun` on any machine where
-    SLURM is installed (slurm/fit.sbatch runs fits under srun; outside a job there is nothing to do about it)."""
+    """Drop messages a user of this program can do nothing about, or that it says better itself: a deprecation inside
+    Lightning (printed twice per fit with torch 2.14), its hint to use `srun` on any machine where SLURM is installed
+    (slurm/fit.sbatch runs fits under srun; outside a job there is nothing to do about it), and `NOISE`."""
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(is_not_an_advert)  # added once, however often
+    # Filters are added once, however often this runs.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(is_not_noise)
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").addFilter(is_not_noise)
 
 
-def is_not_an_advert(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("💡 Tip")
+# Lightning's messages that this project says better itself: its advert; ModelCheckpoint's note of the checkpoint it
+# saved when a run stopped, and the signal connector's of the signal (interrupts.py ends the command with one line
+# that says both).
+NOISE = ("💡 Tip", "Received SIGTERM", "Bypassing SIGTERM")
+
+
+def is_not_noise(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith(NOISE) or (message.startswith("An ") and "was raised with message" in message))

@@ -7,6 +7,7 @@ import sys
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from mnist_lightning import interrupts
 from mnist_lightning.errors import UserError
 from mnist_lightning.runs.folders import run_folder
 
@@ -27,9 +28,13 @@ class LastCheckpoint(ModelCheckpoint):
         if not trainer.is_global_zero:
             return
         checkpoint = self.format_checkpoint_name({})
-        print(
-            f"\nStopped by {type(exception).__name__} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-            f"the state at this moment is saved to {checkpoint}.\nResume with: python -m mnist_lightning fit "
-            f"--config {run_folder(trainer) / 'config.yaml'} --ckpt_path {checkpoint}",
-            file=sys.stderr,
+        stopped_at = (
+            f"at epoch {trainer.current_epoch}, step {trainer.global_step} (the state is saved to {checkpoint})"
         )
+        command = (
+            f"python -m mnist_lightning fit --config {run_folder(trainer) / 'config.yaml'} --ckpt_path {checkpoint}"
+        )
+        if interrupts.received() is not None:  # the command's last line says it
+            interrupts.note_resume(stopped_at, command)
+        else:
+            print(f"\nStopped by {type(exception).__name__} {stopped_at}.\nResume with: {command}", file=sys.stderr)

@@ -12,25 +12,24 @@ process died become FAIL, and the total stops at `n_trials` COMPLETE or PRUNED t
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+import optuna
 
+from mnist_lightning import interrupts
 from mnist_lightning.cli import build_cli
 from mnist_lightning.errors import ArgumentError
 from mnist_lightning.runs.folders import runs_root
 from mnist_lightning.tools.sweep.config import SweepConfig, check_keys, read_sweep_config
 from mnist_lightning.tools.sweep.report import report
-from mnist_lightning.tools.sweep.study import (
-    CLAIMED,
-    JOURNAL_FILE,
-    Sweep,
-    database_url,
-    fail_dead_trials,
-    open_study,
-)
+from mnist_lightning.tools.sweep.study import CLAIMED, JOURNAL_FILE, Sweep, database_url, open_study, reap_dead_trials
 from mnist_lightning.tools.sweep.worker import run_workers, silence_sweep_noise
+
+COMMAND = "python -m mnist_lightning sweep"
 
 
 def main(args: list[str]) -> None:
@@ -38,24 +37,19 @@ def main(args: list[str]) -> None:
     silence_sweep_noise()
     sweep = parse_sweep(args)
     study = open_study(sweep, check_identity=True)
-    for number in fail_dead_trials(study):
-        print(f"trial {number} was left RUNNING by a process that is gone: marked FAIL")
+    # The same command resumes a stopped sweep: what the line a stopped command ends with says.
+    interrupts.note_resume("(finished trials are kept, stopped ones are tried again)", f"{COMMAND} {shlex.join(args)}")
+    optuna.storages.fail_stale_trials(study)  # RDB storage: workers elsewhere that stopped beating; retried
+    for number in reap_dead_trials(study):
+        print(f"trial {number} was left RUNNING by a process that is gone: marked FAIL, its parameters queued again")
     claimed = len(study.get_trials(deepcopy=False, states=CLAIMED))
     print(f"Study {sweep.study_name}: {claimed} of {sweep.n_trials} trials done or running ({sweep.storage})")
     failed_workers: list[str] = []
     if claimed < sweep.n_trials:
-        try:
-            # No more workers than trials to run: each would start one, and the extra ones would not run.
-            failed_workers = run_workers(sweep, min(sweep.workers, sweep.n_trials - claimed))
-        except (KeyboardInterrupt, SIGTERMException):
-            print(
-                "\nStopped: the running trials are marked FAIL, finished ones are kept; re-run the same command to "
-                "continue the study.",
-                file=sys.stderr,
-            )
-            raise SystemExit(130) from None
-    for number in fail_dead_trials(study):
-        print(f"trial {number} was left RUNNING by a worker that died: marked FAIL")
+        # No more workers than trials to run: each would start one, and the extra ones would not run.
+        failed_workers = run_workers(sweep, min(sweep.workers, sweep.n_trials - claimed))
+    for number in reap_dead_trials(study):
+        print(f"trial {number} was left RUNNING by a worker that died: marked FAIL, its parameters queued again")
     report(study, sweep)
     for line in failed_workers:
         print(f"error: {line}; re-run the same command to finish the study", file=sys.stderr)
@@ -88,7 +82,7 @@ def parse_sweep(args: list[str]) -> Sweep:
                 f"--{key} is searched by {own.config}: drop the flag, or remove {key} from search_space"
             )
     fit_args = ("fit", f"--config={config.fit}", *overrides)
-    logs_root = check_fit_args(fit_args, config)
+    logs_root, fixed = check_fit_args(fit_args, config)
     study_name = own.study or own.config.stem
     if not study_name or "/" in study_name or study_name.startswith("."):
         raise ArgumentError(f"--study {study_name!r}: a study name must be a plain folder name")
@@ -100,17 +94,16 @@ def parse_sweep(args: list[str]) -> Sweep:
         n_trials=own.n_trials or config.n_trials,
         workers=own.workers,
         fit_args=fit_args,
+        fixed=fixed,
         folder=folder,
     )
 
 
-def check_fit_args(fit_args: tuple[str, ...], config: SweepConfig) -> Path:
+def check_fit_args(fit_args: tuple[str, ...], config: SweepConfig) -> tuple[Path, dict[str, Any]]:
     """Parse the trials' fit arguments with both ends of every range and every choice, so that a mistake stops the
-    sweep once, before any trial; return the folder the study's folder goes in (lightning_logs)."""
-    try:
-        check = build_cli(list(fit_args), parse_only=True, parser_kwargs={"exit_on_error": False})
-    except argparse.ArgumentError as e:
-        raise ArgumentError(f"{' '.join(str(e).split())} (run `python -m mnist_lightning fit --help`)") from None
+    sweep once, before any trial. Returns the folder the study's folder goes in (lightning_logs), and the settings
+    every trial shares (`fixed_settings`)."""
+    check = build_cli(list(fit_args), parse_only=True)  # a mistake in them is a UserError of one line
     fit = check.config.fit
     check_keys(config.space, [f"{section}.{key}" for section in ("model", "data") for key in fit[section].as_dict()])
     rounds = max(len(p.extremes()) for p in config.space)
@@ -120,4 +113,34 @@ def check_fit_args(fit_args: tuple[str, ...], config: SweepConfig) -> Path:
             check.parser.parse_args([*fit_args, *values])
         except argparse.ArgumentError as e:
             raise ArgumentError(f"search_space in {config.path}: {' '.join(str(e).split())}") from None
-    return runs_root(fit.trainer)
+    return runs_root(fit.trainer), fixed_settings(fit.as_dict(), {p.key for p in config.space})
+
+
+# Settings that change where or how visibly a trial runs, not what it finds.
+INCIDENTAL = (
+    "config",
+    "data.data_dir",
+    "data.num_workers",
+    "trainer.default_root_dir",
+    "trainer.logger",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "progress_bar.",
+    "dashboard.",
+)
+
+
+def fixed_settings(fit: dict[str, Any], searched: set[str]) -> dict[str, Any]:
+    """Every setting of the trials' fit that the sweep does not search, as `{dotted key: value}` of plain data: what
+    the study records, so that a re-run with other settings is not mixed into it."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and "class_path" not in value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, inner)
+        elif prefix not in searched and not prefix.startswith(INCIDENTAL):
+            flat[prefix] = json.loads(json.dumps(value, default=str))
+
+    walk("", fit)
+    return flat

@@ -15,6 +15,7 @@ import optuna
 import yaml
 
 from mnist_lightning.errors import ArgumentError
+from mnist_lightning.tools.sweep.sampler import TrialSeededSampler
 
 SECTIONS = ("fit", "metric", "direction", "n_trials", "sampler", "pruner", "search_space")
 DIRECTIONS = ("maximize", "minimize")
@@ -77,12 +78,14 @@ class SweepConfig:
             "search_space": {p.key: p.as_dict() for p in self.space},
         }
 
-    def make_sampler(self, seed_offset: int) -> optuna.samplers.TPESampler:
-        """Optuna's TPE sampler with the file's arguments, its seed moved by `seed_offset` (one per worker)."""
+    def make_sampler(self) -> TrialSeededSampler:
+        """Optuna's TPE sampler with the file's arguments, trial N drawing with seed + N."""
         arguments = dict(self.sampler)
-        if arguments.get("seed") is not None:
-            arguments["seed"] = int(arguments["seed"]) + seed_offset
-        return _construct(optuna.samplers.TPESampler, arguments, "sampler")
+        seed = arguments.pop("seed", None)
+        try:
+            return TrialSeededSampler(None if seed is None else int(seed), **arguments)
+        except (TypeError, ValueError) as e:
+            raise ArgumentError(f"sampler: {e}; see the arguments of optuna's TPESampler") from None
 
     def make_pruner(self) -> optuna.pruners.MedianPruner:
         """Optuna's median pruner with the file's arguments; its steps are epochs."""

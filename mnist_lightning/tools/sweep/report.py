@@ -46,8 +46,21 @@ def report(study: optuna.Study, sweep: Sweep) -> None:
     print(f"Dashboard         optuna-dashboard {sweep.storage}")
 
 
+def shown(value: Any) -> str:
+    """A value as the printed table shows it: floats (learning rates) with 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def note(trial: FrozenTrial) -> str:
+    """What the table says of a trial beside its numbers: why it failed, or whose parameters it tries again."""
+    notes = [trial.user_attrs.get("error", "")]
+    if "retry_of" in trial.user_attrs:
+        notes.append(f"retries trial {trial.user_attrs['retry_of']} ({trial.user_attrs.get('why', 'it failed')})")
+    return "; ".join(text for text in notes if text)
+
+
 def params_text(trial: FrozenTrial) -> str:
-    return " ".join(f"{key}={value}" for key, value in trial.params.items())
+    return " ".join(f"{key}={shown(value)}" for key, value in trial.params.items())
 
 
 def test_best_trial(study: optuna.Study, sweep: Sweep, best: FrozenTrial) -> float | None:
@@ -90,7 +103,7 @@ def summary_rows(
         row["epochs"] = trial.user_attrs.get("epochs", "")
         row["seconds"] = round(trial.duration.total_seconds(), 1) if trial.duration else ""
         row["test/acc"] = round(test_acc, 6) if best is not None and trial.number == best.number and test_acc else ""
-        row["note"] = trial.user_attrs.get("error", "")
+        row["note"] = note(trial)
         rows.append(row)
     return rows
 
@@ -99,7 +112,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no trials)"
     header = list(rows[0])
-    cells = [header] + [[str(row[key]) for key in header] for row in rows]
+    cells = [header] + [[shown(row[key]) for key in header] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in cells

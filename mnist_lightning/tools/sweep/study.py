@@ -4,16 +4,19 @@ several machines share), and the study's own records of what it is and which of 
 from __future__ import annotations
 
 import importlib.util
+import json
 import socket
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from mnist_lightning.errors import ArgumentError
 from mnist_lightning.files import is_running
@@ -23,6 +26,7 @@ JOURNAL_FILE = "optuna-journal.log"
 # RDB storage only: a trial whose worker has not beaten for GRACE_PERIOD seconds (killed, its machine gone) is FAIL.
 HEARTBEAT_INTERVAL, GRACE_PERIOD = 10, 60
 STORAGE_ATTEMPTS = 3
+MAX_RETRIES = 2  # a parameter set whose trials die three times is not tried again
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 HOST = socket.gethostname()
 
@@ -37,6 +41,7 @@ class Sweep:
     n_trials: int
     workers: int
     fit_args: tuple[str, ...]  # `fit --config BASE` and the user's overrides
+    fixed: dict[str, Any]  # every setting of the trials that is not searched: what makes them one experiment
     folder: Path  # lightning_logs/<study>: the trials' run folders, the summary, the plots
 
     def trial_folder(self, number: int) -> Path:
@@ -53,7 +58,12 @@ def make_storage(url_or_path: str) -> BaseStorage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
-                return RDBStorage(url_or_path, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD)
+                return RDBStorage(
+                    url_or_path,
+                    heartbeat_interval=HEARTBEAT_INTERVAL,
+                    grace_period=GRACE_PERIOD,
+                    heartbeat_stale_trial_callback=retry_stale,
+                )
         except ImportError as e:
             raise ArgumentError(
                 f"--storage {url_or_path} needs a database driver that is not installed ({e}): "
@@ -89,31 +99,68 @@ def open_study(sweep: Sweep, check_identity: bool = False) -> optuna.Study:
         study = optuna.create_study(
             storage=storage, study_name=sweep.study_name, direction=sweep.config.direction, load_if_exists=True
         )
-    if not check_identity:
-        return study
-    identity = sweep.config.identity()
-    saved = {key: study.user_attrs[key] for key in identity if key in study.user_attrs}
-    if not saved:
-        for key, value in identity.items():
-            study.set_user_attr(key, value)
-    elif saved != identity:
-        differ = [key for key in identity if saved.get(key) != identity[key]]
-        raise ArgumentError(
-            f"study {sweep.study_name} in {sweep.storage} was made with another {' and '.join(differ)} "
-            f"({saved.get(differ[0])}): pass --study NEW_NAME for a new study, or restore {sweep.config.path}"
-        )
+    if check_identity:
+        check_it_is_the_same_experiment(study, sweep)
     return study
 
 
-def fail_dead_trials(study: optuna.Study) -> list[int]:
-    """Mark FAIL the RUNNING trials whose worker process on this machine is gone (killed, or its machine restarted);
-    on other machines that is the RDB storage's heartbeat's job. Returns their numbers."""
+def check_it_is_the_same_experiment(study: optuna.Study, sweep: Sweep) -> None:
+    """Record what the study is (space, metric, the trials' fixed settings) when it is new; refuse to continue it
+    with anything else, naming the difference."""
+    identity = {**sweep.config.identity(), "fixed": sweep.fixed}
+    saved = {key: study.user_attrs[key] for key in identity if key in study.user_attrs}
+    for key in identity.keys() - saved.keys():  # a new study (or one of an earlier version without "fixed")
+        study.set_user_attr(key, identity[key])
+    new_name = "or pass --study NEW_NAME to start a new study (lightning_logs/NEW_NAME)"
+    for key in ("metric", "direction", "search_space"):
+        if saved.get(key, identity[key]) != identity[key]:
+            raise ArgumentError(
+                f"study {sweep.study_name} in {sweep.storage} was made with another {key} ({saved[key]}): restore "
+                f"{sweep.config.path}, {new_name}"
+            )
+    before, now = saved.get("fixed", sweep.fixed), sweep.fixed
+    differences = [
+        f"{key} {json.dumps(before.get(key))} then, {json.dumps(now.get(key))} now"
+        for key in sorted(set(before) | set(now))
+        if before.get(key) != now.get(key)
+    ]
+    if differences:
+        raise ArgumentError(
+            f"study {sweep.study_name} was made with other fixed settings ({'; '.join(differences)}): its trials "
+            f"and these would be two experiments; pass the same flags, {new_name}"
+        )
+
+
+def reap_dead_trials(study: optuna.Study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker process on this machine is gone (killed, or its job requeued), and
+    queue each one's parameters again; on other machines that is the RDB storage's heartbeat's job. Returns the
+    numbers of the trials this process failed.
+
+    Several processes may find the same dead trial at once: the RUNNING → FAIL transition succeeds in exactly one of
+    them, and only that one queues the retry.
+    """
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
         if not worker or worker["host"] != HOST or is_running(worker["pid"], worker.get("started")):
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "error", f"its worker (pid {worker['pid']}) died")
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (UpdateFinishedTrialError, ValueError):
+            continue  # another process failed it first, and retries it
         failed.append(trial.number)
+        retry(study, trial, f"its worker (pid {worker['pid']} on {HOST}) died")
     return failed
+
+
+def retry(study: optuna.Study, failed: FrozenTrial, why: str) -> None:
+    """Queue the parameters of a trial that died or was interrupted, at most MAX_RETRIES times per parameter set."""
+    origin = failed.user_attrs.get("retry_of", failed.number)
+    attempt = failed.user_attrs.get("attempt", 0) + 1
+    if attempt <= MAX_RETRIES:
+        study.enqueue_trial(failed.params, user_attrs={"retry_of": origin, "attempt": attempt, "why": why})
+
+
+def retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    """RDB storage's callback for a trial whose worker stopped beating (it has made the trial FAIL)."""
+    retry(study, trial, f"its worker stopped beating for {GRACE_PERIOD} s")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import warnings
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
+from mnist_lightning import interrupts
 from mnist_lightning.cli import build_cli
 from mnist_lightning.defaults import silence_third_party_noise
 from mnist_lightning.errors import ArgumentError, TrainingDiverged, UserError, one_line_errors
 from mnist_lightning.files import process_start
-from mnist_lightning.tools.sweep.study import CLAIMED, HOST, JOURNAL_FILE, Sweep, open_study
+from mnist_lightning.tools.sweep.report import note, params_text
+from mnist_lightning.tools.sweep.study import CLAIMED, HOST, Sweep, open_study, reap_dead_trials, retry
 
 
 def silence_sweep_noise() -> None:
@@ -56,12 +58,13 @@ def run_workers(sweep: Sweep, count: int) -> list[str]:
     try:
         for process in processes:
             process.join()
-    except KeyboardInterrupt:  # the workers got Ctrl-C too: let them mark their trials FAIL
+    except KeyboardInterrupt:  # pass the signal on (a Ctrl-C reached them already), and let them stop their trials
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, interrupts.received() or signal.SIGINT)
         for process in processes:
             process.join()
         raise
-    if any(process.exitcode == 130 for process in processes):
-        raise KeyboardInterrupt
     return [
         f"worker {index} " + (f"was killed by signal {-code}" if code < 0 else f"exited with status {code}")
         for index, code in enumerate(process.exitcode for process in processes)
@@ -70,43 +73,50 @@ def run_workers(sweep: Sweep, count: int) -> list[str]:
 
 
 def worker_process(sweep: Sweep, index: int, count: int) -> None:
-    """Entry point of a spawned worker: its share of the cores, and Ctrl-C as exit status 130."""
+    """Entry point of a spawned worker: its share of the cores; stopped by a signal, it exits with 128 + its number
+    (the sweep's own process says what happened)."""
     silence_sweep_noise()
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // count))
-    with one_line_errors():
-        try:
-            run_worker(sweep, index)
-        except (KeyboardInterrupt, SIGTERMException):
-            raise SystemExit(130) from None
+    with one_line_errors(), interrupts.handled(say=False):
+        run_worker(sweep, index)
 
 
 def run_worker(sweep: Sweep, index: int) -> None:
     """Run trials until the study holds `n_trials` COMPLETE, PRUNED or RUNNING ones."""
     study = open_study(sweep)
-    # Workers of one command differ by index; the same command on several machines (a shared --storage) also needs
-    # a seed of its own per process, and such a study's order depends on timing anyway.
-    offset = index if sweep.storage.endswith(JOURNAL_FILE) else index + zlib.crc32(f"{HOST}:{os.getpid()}".encode())
-    study.sampler = sweep.config.make_sampler(offset)
+    study.sampler = sweep.config.make_sampler()
     study.pruner = sweep.config.make_pruner()
     prefix = f"[worker {index}] " if sweep.workers > 1 else ""
-    failure_limit = FailureLimit(sweep.n_trials)
-    study.optimize(
-        Objective(sweep),
-        catch=(TrainingDiverged, SurplusTrial),
-        # The running trials count, so that workers stop together at n_trials rather than each starting one more;
-        # a trial that later fails leaves its worker to run another.
-        callbacks=[
-            optuna.study.MaxTrialsCallback(sweep.n_trials, states=CLAIMED),
-            TrialPrinter(sweep, prefix),
-            failure_limit,
-        ],
-    )
-    if failure_limit.stopped:
-        raise TrainingDiverged(f"the last {sweep.n_trials} trials of this worker all failed: narrow the search space")
+    limit = TrialLimits(sweep.n_trials)
+    objective = Objective(sweep)
+    try:
+        study.optimize(
+            objective,
+            catch=(TrainingDiverged, SurplusTrial, DuplicateTrial),
+            # The running trials count, so that workers stop together at n_trials rather than each starting one
+            # more; dead workers' trials are failed (and retried) first, so that they do not count.
+            callbacks=[
+                lambda study, trial: reap_dead_trials(study),
+                optuna.study.MaxTrialsCallback(sweep.n_trials, states=CLAIMED),
+                TrialPrinter(sweep, prefix),
+                limit,
+            ],
+        )
+    except KeyboardInterrupt:
+        if objective.running is not None:  # Optuna has made it FAIL: its parameters are tried again
+            stopped = next(t for t in study.get_trials(deepcopy=False) if t.number == objective.running)
+            retry(study, stopped, "it was interrupted")
+        raise
+    if limit.problem:
+        raise TrainingDiverged(limit.problem)
 
 
 class SurplusTrial(Exception):
     """Two workers asked for the study's last trial at the same moment; the later one does not run."""
+
+
+class DuplicateTrial(Exception):
+    """The sampler proposed parameters that the study has already tried (a space of choices only can run out)."""
 
 
 class Objective:
@@ -114,15 +124,25 @@ class Objective:
 
     def __init__(self, sweep: Sweep) -> None:
         self.sweep = sweep
+        self.running: int | None = None  # the number of the trial this worker runs
 
     def __call__(self, trial: optuna.Trial) -> float:
-        earlier = [t for t in trial.study.get_trials(deepcopy=False, states=CLAIMED) if t.number < trial.number]
-        if len(earlier) >= self.sweep.n_trials:
+        self.running = None
+        trials = [t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number]
+        if sum(t.state in CLAIMED and t.number < trial.number for t in trials) >= self.sweep.n_trials:
             trial.study.stop()
             trial.set_user_attr("error", f"not run: the study already had {self.sweep.n_trials} trials")
             raise SurplusTrial
+        values = [p.suggest(trial) for p in self.sweep.config.space]
+        # Every trial that ran, runs or is queued; not those that never ran (surplus or duplicate ones).
+        tried = [t for t in trials if t.state != TrialState.FAIL or "worker" in t.user_attrs]
+        same = next((t.number for t in tried if t.params == trial.params), None)
+        if same is not None and "retry_of" not in trial.user_attrs:
+            trial.set_user_attr("error", f"not run: the parameters of trial {same}")
+            raise DuplicateTrial
         trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid(), "started": process_start(os.getpid())})
-        flags = [p.flag(p.suggest(trial)) for p in self.sweep.config.space]
+        self.running = trial.number
+        flags = [p.flag(value) for p, value in zip(self.sweep.config.space, values, strict=True)]
         progress = ["--trainer.enable_progress_bar=false"] if self.sweep.workers > 1 else []
         # A pruned or stopped trial is not resumed: no last.ckpt of the moment it stopped.
         args = [
@@ -196,25 +216,34 @@ class TrialPrinter:
         if "worker" not in trial.user_attrs:  # a surplus trial, never run
             return
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
-        values = " ".join(f"{key}={value}" for key, value in trial.params.items())
+        values = params_text(trial)
         outcome = f"{self.sweep.config.metric}={trial.value:.4f}" if trial.value is not None else ""
         epochs = trial.user_attrs.get("epochs", 0)
         parts = [f"{self.prefix}trial {trial.number}", trial.state.name, outcome, f"{epochs} epochs {seconds:.0f} s"]
-        parts += [values, trial.user_attrs.get("error", "")]
+        parts += [values, note(trial)]
         print("  ".join(part for part in parts if part), flush=True)
 
 
-class FailureLimit:
-    """An Optuna callback that stops a worker whose last `limit` trials all failed (a search space where every
-    trial diverges), since failed trials do not count towards n_trials."""
+class TrialLimits:
+    """An Optuna callback that stops a worker whose last `limit` trials all failed (a search space where every trial
+    diverges) or all proposed parameters already tried (a space of choices the study has exhausted), since neither
+    counts towards n_trials; `problem` then says which."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.failures = 0
-        self.stopped = False
+        self.failures = self.duplicates = 0
+        self.problem = ""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
+        duplicate = trial.user_attrs.get("error", "").startswith("not run: the parameters of trial")
+        self.duplicates = self.duplicates + 1 if duplicate else 0
+        self.failures = self.failures + 1 if trial.state == TrialState.FAIL and not duplicate else 0
         if self.failures >= self.limit:
+            self.problem = f"the last {self.limit} trials of this worker all failed: narrow the search space"
+        elif self.duplicates >= max(self.limit, 20):
+            self.problem = (
+                f"the sampler proposed only parameters the study has tried, {self.duplicates} times in a row: "
+                "the search space is exhausted; widen it, or lower --n_trials"
+            )
+        if self.problem:
             study.stop()
-            self.stopped = True

@@ -1,0 +1,114 @@
+"""Ctrl-C, SIGTERM and SLURM's requeue signal (SIGUSR1), in every command: a stop at a safe point, one line that says
+what happened (and the command that resumes, where there is something to resume), and the exit status 128 + the
+signal's number (130, 143, 138).
+
+While a Lightning Trainer runs (fit, validate, test, predict), a stop signal becomes Lightning's own SIGTERM notice:
+every process of the run stops together at the end of its current step, and callbacks save what is worth saving
+(`LastCheckpoint`). Anywhere else, `Stopped` is raised where the program is. A second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGUSR1: "SLURM's requeue signal (SIGUSR1)"}
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal arrived outside a Lightning run. (A KeyboardInterrupt, so that code which cleans up after
+    Ctrl-C, DataLoader workers' among it, does the same here.)"""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(NAMES.get(signum, f"signal {signum}"))
+        self.signum = signum
+
+
+class _State:
+    received: int | None = None  # the first stop signal of this process
+    stopped_at: str = ""  # where the interrupted work stopped, said by whoever saved it
+    resume: str | None = None  # the command that resumes it
+    installed = 0
+
+
+def received() -> int | None:
+    """The first stop signal this process received, if any."""
+    return _State.received
+
+
+def note_resume(stopped_at: str, command: str) -> None:
+    """Record where the interrupted work stopped (and what was saved), and the command that resumes it."""
+    _State.stopped_at, _State.resume = stopped_at, command
+
+
+def exit_status() -> int:
+    """128 + the number of the signal that stopped the process (130 for Ctrl-C, 143 for SIGTERM)."""
+    return 128 + (_State.received or signal.SIGINT)
+
+
+def final_line(requeued: str | None = None) -> str:
+    """The line a stopped command ends with; `requeued` says what became of its SLURM job."""
+    line = f"stopped by {NAMES.get(_State.received or signal.SIGINT, 'a signal')}"
+    line += f" {_State.stopped_at}" if _State.stopped_at else ""
+    if requeued:
+        return f"{line}: {requeued}"
+    return f"{line}; resume with: {_State.resume}" if _State.resume else line
+
+
+def is_global_rank_zero() -> bool:
+    """Whether this process is the first of a distributed run (or runs alone), from the variables its launcher set
+    (Lightning's, torchrun's, SLURM's)."""
+    for variable in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(variable):
+            return os.environ[variable] == "0"
+    return True
+
+
+def _handle(signum: int, frame: FrameType | None) -> None:
+    first = _State.received is None
+    _State.received = _State.received or signum
+    lightning = signal.getsignal(signal.SIGTERM)
+    if lightning is not _handle and callable(lightning):
+        # A Trainer runs and has put its SIGTERM notice in place (calling this handler too): let it stop the run at
+        # the end of the step, on every process. A second Ctrl-C does not wait.
+        if signum == signal.SIGINT and not first:
+            raise Stopped(signum)
+        if signum != signal.SIGTERM:
+            lightning(signal.SIGTERM, frame)
+        return
+    raise Stopped(signum)
+
+
+@contextmanager
+def handled(requeue: Callable[[], str] | None = None, say: bool = True) -> Iterator[None]:
+    """Handle Ctrl-C and SIGTERM as this module says while the block runs, and end a stopped block with its one line
+    (unless `say` is false) and exit status. `requeue`: under SLURM, SIGUSR1 is handled too, and when it stopped the
+    block this requeues the job (after whatever was worth saving is saved) and says so."""
+    signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR1] if requeue else [])
+    install = threading.current_thread() is threading.main_thread()  # Python runs handlers there only
+    previous = {signum: signal.getsignal(signum) for signum in signals} if install else {}
+    _State.installed += 1
+    try:
+        for signum in previous:
+            signal.signal(signum, _handle)
+        yield
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Lightning ends a run stopped by a signal with SIGTERMException (a SystemExit without a code) or, for an
+        # interrupt it caught itself, sys.exit(1).
+        if _State.received is None or _State.installed > 1 or (isinstance(e, SystemExit) and e.code not in (None, 1)):
+            raise
+        if install:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a requeue is followed by SLURM's SIGTERM: nothing to add
+        outcome = requeue() if requeue and _State.received == signal.SIGUSR1 and is_global_rank_zero() else None
+        if say and is_global_rank_zero():
+            print(f"\n{final_line(outcome)}", file=sys.stderr)
+        raise SystemExit(exit_status()) from None
+    finally:
+        _State.installed -= 1
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
