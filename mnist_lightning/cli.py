@@ -40,6 +40,7 @@ from mnist_lightning.runs.checkpoints import (
     architecture_differences,
     dataset_to_use,
     read_checkpoint,
+    requeued_resume_point,
     resolve_checkpoint,
 )
 from mnist_lightning.runs.folders import (
@@ -101,6 +102,8 @@ class MNISTLightningCLI(LightningCLI):
         self.parse_only = parse_only
         self.checkpoint: dict | None = None  # the --ckpt_path checkpoint, read once and checked
         self.run: RunFolder | None = None
+        self.job_step = slurm.current_step()
+        self.summary = ""  # what `fit` ends with (cli_main prints it)
         try:
             super().__init__(*args, **kwargs)
         except BaseException:
@@ -138,6 +141,8 @@ class MNISTLightningCLI(LightningCLI):
             return
         config = self.config[subcommand]
         config.ckpt_path = resolve_checkpoint(subcommand, config.get("ckpt_path"), runs_root(config.trainer))
+        if subcommand == "fit" and self.job_step and not self.fixed_run_folder:  # continue the job's earlier runs
+            config.ckpt_path = requeued_resume_point(config.ckpt_path, runs_root(config.trainer), self.job_step)
         if config.ckpt_path is None or config.ckpt_path in SPECIAL_CHECKPOINTS:
             config.data.dataset = config.data.dataset or DEFAULT_DATASET
             return
@@ -176,13 +181,15 @@ class MNISTLightningCLI(LightningCLI):
         resumed = Path(config.ckpt_path) if self.subcommand == "fit" and self.checkpoint is not None else None
         # Only global rank 0 claims a fresh folder; the others follow the folder Lightning broadcasts from it.
         claim = rank_zero_only.rank == 0
-        run = choose_run_folder(config.trainer, resume_from=resumed, fixed=self.fixed_run_folder, claim=claim)
+        run = choose_run_folder(
+            config.trainer, resume_from=resumed, fixed=self.fixed_run_folder, job_step=self.job_step, claim=claim
+        )
         if run is None:
             return lambda: None
         if run.resumed:
             self.save_config_kwargs["overwrite"] = True  # the same run's config, now with its ckpt_path
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-            if rank_zero_only.rank == 0:
+            if resumed is not None and rank_zero_only.rank == 0:
                 print(f"Resuming {run.path} from {config.ckpt_path}")
         elif (run.path / "config.yaml").exists():
             raise ArgumentError(
@@ -242,9 +249,8 @@ class MNISTLightningCLI(LightningCLI):
             results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best_path or None)
             test_acc = results[0]["test/acc"]
         best_score = checkpoint.best_model_score if checkpoint else None
-        if self.trainer.is_global_zero:
-            best_val_acc = None if best_score is None else float(best_score)
-            print(fit_summary(self.trainer, best_path, best_val_acc, test_acc, tested=tested))
+        best_val_acc = None if best_score is None else float(best_score)
+        self.summary = fit_summary(self.trainer, best_path, best_val_acc, test_acc, tested=tested)
 
 
 def build_cli(
@@ -274,8 +280,11 @@ def build_cli(
         raise refusal from None
 
 
-def cli_main(args: ArgsType = None) -> MNISTLightningCLI | None:
+def cli_main(args: ArgsType = None) -> MNISTLightningCLI:
     """`python -m mnist_lightning {fit,validate,test,predict}`: `build_cli` with every user error as one line (set
     MNIST_LIGHTNING_DEBUG=1 for the traceback), and Ctrl-C, SIGTERM and SLURM's requeue signal handled."""
     with one_line_errors(), interrupts.handled(requeue=slurm.requeue if slurm.in_job() else None):
-        return build_cli(args)
+        cli = build_cli(args)
+    if cli.summary and cli.trainer.is_global_zero:
+        print(cli.summary)
+    return cli

@@ -50,7 +50,7 @@ def silence_third_party_noise() -> None:
 # Lightning's messages that this project says better itself: its advert; ModelCheckpoint's note of the checkpoint it
 # saved when a run stopped, and the signal connector's of the signal (interrupts.py ends the command with one line
 # that says both).
-NOISE = ("💡 Tip", "Received SIGTERM", "Bypassing SIGTERM")
+NOISE = ("💡 Tip", "Received SIGTERM", "Bypassing SIGTERM", "SLURM auto-requeueing enabled")
 
 
 def is_not_noise(record: logging.LogRecord) -> bool:

@@ -97,13 +97,16 @@ def handled(requeue: Callable[[], str] | None = None, say: bool = True) -> Itera
         for signum in previous:
             signal.signal(signum, _handle)
         yield
-    except (KeyboardInterrupt, SystemExit) as e:
-        # Lightning ends a run stopped by a signal with SIGTERMException (a SystemExit without a code) or, for an
-        # interrupt it caught itself, sys.exit(1).
+    except BaseException as e:
+        # Whatever ends a block after a stop signal is its consequence: Lightning's SIGTERMException (a SystemExit
+        # without a code), its sys.exit(1) after an interrupt it caught itself, or in a distributed run the error of
+        # a collective call whose peer has stopped.
         if _State.received is None or _State.installed > 1 or (isinstance(e, SystemExit) and e.code not in (None, 1)):
             raise
-        if install:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a requeue is followed by SLURM's SIGTERM: nothing to add
+        # Exiting now: a second Ctrl-C, or the SIGTERM that follows a requeue, has nothing to add.
+        for signum in previous:
+            signal.signal(signum, signal.SIG_IGN)
+        previous = {}
         outcome = requeue() if requeue and _State.received == signal.SIGUSR1 and is_global_rank_zero() else None
         if say and is_global_rank_zero():
             print(f"\n{final_line(outcome)}", file=sys.stderr)

@@ -16,6 +16,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from mnist_lightning.data.module import MNISTDataModule
 from mnist_lightning.datasets import DEFAULT_DATASET, DatasetSpec, dataset_of_record, get_dataset
 from mnist_lightning.errors import CheckpointError, first_line
+from mnist_lightning.runs.folders import run_of_checkpoint
+from mnist_lightning.runs.slurm import JobStep
 
 # Hyperparameters that decide the shapes of the weights.
 ARCHITECTURE = ("input_size", "hidden_sizes", "num_classes")
@@ -159,6 +161,18 @@ def runs_by_recency(root: Path) -> list[Path]:
     for file in root.glob("*/checkpoints/*.ckpt"):
         newest[file.parent] = max(newest.get(file.parent, 0), file.stat().st_mtime_ns)
     return sorted(newest, key=newest.__getitem__, reverse=True)
+
+
+def requeued_resume_point(ckpt_path: str | None, root: Path, job_step: JobStep) -> str | None:
+    """What a `fit` in a SLURM job step resumes from: the newest checkpoint of its run that loads, when the job's
+    earlier runs (before it was requeued) left one newer than `ckpt_path`; else `ckpt_path`."""
+    run = run_of_checkpoint(Path(ckpt_path)) if ckpt_path else root / job_step.folder_name
+    newest = newest_loadable_checkpoint(run / "checkpoints") if run is not None and run.is_dir() else None
+    if newest is None:
+        return ckpt_path
+    if ckpt_path and Path(ckpt_path).is_file() and Path(ckpt_path).stat().st_mtime_ns >= newest.stat().st_mtime_ns:
+        return ckpt_path
+    return str(newest)
 
 
 def resolve_checkpoint(subcommand: str, ckpt_path: str | None, root: Path) -> str | None:

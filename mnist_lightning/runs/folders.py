@@ -1,7 +1,8 @@
 """Run folders: the one place that decides where a run writes (config.yaml, checkpoints/, event files, figures).
 
 Every `fit`, `validate`, `test` and `predict`, and every sweep trial, gets a folder of its own, `<root>/version_N`,
-claimed with `mkdir` so that runs started together never share one. `<root>` is the logger's `save_dir/name`
+claimed with `mkdir` so that runs started together never share one (in a SLURM job step, `<root>/slurm_<job>.<step>`,
+which the job's requeued runs continue). `<root>` is the logger's `save_dir/name`
 (relative paths taken from `--trainer.default_root_dir`), or `<default_root_dir>/lightning_logs` without a folder
 logger (`--trainer.logger false`, or a logger of another kind). A resumed `fit` continues in its checkpoint's own
 run folder; a logger with its own `version` names the folder itself.
@@ -22,6 +23,8 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from mnist_lightning.runs.slurm import JobStep
 
 DEFAULT_NAME = "lightning_logs"
 VERSION = re.compile(r"version_(\d+)")
@@ -91,18 +94,26 @@ def remove_if_unused(folder: Path) -> None:
 
 
 def run_of_checkpoint(checkpoint: Path) -> Path | None:
-    """The run folder a checkpoint belongs to (`<run>/checkpoints/x.ckpt`), or None for a checkpoint elsewhere."""
-    folder = checkpoint.resolve().parent
+    """The run folder a checkpoint belongs to (`<run>/checkpoints/x.ckpt`), or None for a checkpoint elsewhere.
+
+    Relative paths stay relative: the run's checkpoint folder keeps the name it was saved under, which Lightning
+    compares when it restores which checkpoints are the best."""
+    folder = checkpoint.parent if checkpoint.parent.name else checkpoint.resolve().parent
     return folder.parent if folder.name == "checkpoints" else None
 
 
 def choose_run_folder(
-    trainer: Namespace, resume_from: Path | None = None, fixed: Path | None = None, claim: bool = True
+    trainer: Namespace,
+    resume_from: Path | None = None,
+    fixed: Path | None = None,
+    job_step: JobStep | None = None,
+    claim: bool = True,
 ) -> RunFolder | None:
     """The folder of a run configured by `trainer` (the parsed `trainer` section).
 
     `resume_from`: the checkpoint a `fit` resumes, whose run continues. `fixed`: a folder chosen by the caller (a
-    sweep trial's). `claim=False` (every process of a distributed run but global rank 0) claims no new folder and
+    sweep trial's). `job_step`: the SLURM job step this process runs in, whose folder every run of the job (each
+    requeue) continues. `claim=False` (every process of a distributed run but global rank 0) claims no new folder and
     gets None: such a process follows the folder that Lightning broadcasts from rank 0.
     """
     if fixed is not None:
@@ -110,6 +121,10 @@ def choose_run_folder(
     if resume_from is not None and (run := run_of_checkpoint(resume_from)) is not None:
         return RunFolder(run, resumed=True)
     root = runs_root(trainer)
+    if job_step is not None:
+        folder = root / job_step.folder_name
+        folder.mkdir(parents=True, exist_ok=True)  # by every process of the step: all of them know its name
+        return RunFolder(folder, resumed=job_step.restarts > 0)
     logger = folder_logger(trainer.logger)
     version = None if logger is None else logger.init_args.version
     if version is not None:

@@ -15,6 +15,7 @@ import argparse
 import json
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ def main(args: list[str]) -> None:
     study = open_study(sweep, check_identity=True)
     # The same command resumes a stopped sweep: what the line a stopped command ends with says.
     interrupts.note_resume("(finished trials are kept, stopped ones are tried again)", f"{COMMAND} {shlex.join(args)}")
-    optuna.storages.fail_stale_trials(study)  # RDB storage: workers elsewhere that stopped beating; retried
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # RDB storage: workers elsewhere that stopped beating; retried
     for number in reap_dead_trials(study):
         print(f"trial {number} was left RUNNING by a process that is gone: marked FAIL, its parameters queued again")
     claimed = len(study.get_trials(deepcopy=False, states=CLAIMED))

@@ -111,7 +111,7 @@ def check_it_is_the_same_experiment(study: optuna.Study, sweep: Sweep) -> None:
     saved = {key: study.user_attrs[key] for key in identity if key in study.user_attrs}
     for key in identity.keys() - saved.keys():  # a new study (or one of an earlier version without "fixed")
         study.set_user_attr(key, identity[key])
-    new_name = "or pass --study NEW_NAME to start a new study (lightning_logs/NEW_NAME)"
+    new_name = "or pass --study NEW_NAME to start a new study"
     for key in ("metric", "direction", "search_space"):
         if saved.get(key, identity[key]) != identity[key]:
             raise ArgumentError(
