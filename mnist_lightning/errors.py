@@ -38,12 +38,23 @@ def first_line(error: BaseException) -> str:
 
 @contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Print a `UserError` as `error: <message>` on stderr and exit with status 2; with `MNIST_LIGHTNING_DEBUG=1`
-    the traceback instead. Every command of `python -m mnist_lightning` runs inside this."""
+    """Print a `UserError` as `error: <message>` on a line of its own on stderr and exit with status 2; with
+    `MNIST_LIGHTNING_DEBUG=1` the traceback instead. Every command of `python -m mnist_lightning` runs inside this."""
     try:
         yield
     except UserError as e:
         if os.environ.get(DEBUG_VARIABLE):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        # On a line of its own, after a progress bar too; in a distributed run each process says which it is.
+        rank = global_rank()
+        print(f"\n{f'[rank: {rank}] ' if rank else ''}error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def global_rank() -> int:
+    """This process's rank in a distributed run (0 when it runs alone), from the variables its launcher set
+    (Lightning's, torchrun's, SLURM's)."""
+    for variable in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(variable, "").isdigit():
+            return int(os.environ[variable])
+    return 0

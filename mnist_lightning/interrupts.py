@@ -9,13 +9,14 @@ every process of the run stops together at the end of its current step, and call
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+
+from mnist_lightning.errors import global_rank
 
 NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGUSR1: "SLURM's requeue signal (SIGUSR1)"}
 
@@ -60,15 +61,6 @@ def final_line(requeued: str | None = None) -> str:
     return f"{line}; resume with: {_State.resume}" if _State.resume else line
 
 
-def is_global_rank_zero() -> bool:
-    """Whether this process is the first of a distributed run (or runs alone), from the variables its launcher set
-    (Lightning's, torchrun's, SLURM's)."""
-    for variable in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        if os.environ.get(variable):
-            return os.environ[variable] == "0"
-    return True
-
-
 def _handle(signum: int, frame: FrameType | None) -> None:
     first = _State.received is None
     _State.received = _State.received or signum
@@ -107,8 +99,8 @@ def handled(requeue: Callable[[], str] | None = None, say: bool = True) -> Itera
         for signum in previous:
             signal.signal(signum, signal.SIG_IGN)
         previous = {}
-        outcome = requeue() if requeue and _State.received == signal.SIGUSR1 and is_global_rank_zero() else None
-        if say and is_global_rank_zero():
+        outcome = requeue() if requeue and _State.received == signal.SIGUSR1 and global_rank() == 0 else None
+        if say and global_rank() == 0:
             print(f"\n{final_line(outcome)}", file=sys.stderr)
         raise SystemExit(exit_status()) from None
     finally:
