@@ -24,9 +24,11 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Every tier (docs/architecture.md, pyproject.toml); `pytest -m "not system"` is the quick edit loop.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 fit: $(STAMP)

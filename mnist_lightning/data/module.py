@@ -130,6 +130,11 @@ class MNISTDataModule(L.LightningDataModule):
         self.input_dtype = torch.float32
 
     @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Channels, height and width of every image."""
+        return self.spec.image_shape
+
+    @property
     def input_size(self) -> int:
         """Pixels per image: the network's input size."""
         return self.spec.input_size
