@@ -31,8 +31,13 @@ from mnist_lightning.callbacks.predictions import PredictionWriter
 from mnist_lightning.data.module import MNISTDataModule
 from mnist_lightning.datasets import DEFAULT_DATASET
 from mnist_lightning.defaults import NullProfiler, silence_third_party_noise, stop_probing_for_nvml_without_gpus
-from mnist_lightning.errors import DEBUG_VARIABLE, ArgumentError, one_line_errors
-from mnist_lightning.flags import lightnings_refusal, parse_error, refuse_unworkable_flags
+from mnist_lightning.errors import DEBUG_VARIABLE, ArgumentError, CheckpointError, first_line, one_line_errors
+from mnist_lightning.flags import (
+    lightnings_refusal,
+    parse_error,
+    reconcile_flags_with_defaults,
+    refuse_unworkable_flags,
+)
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.runs import slurm
 from mnist_lightning.runs.checkpoint_io import use_atomic_checkpoints
@@ -161,17 +166,7 @@ class MNISTLightningCLI(LightningCLI):
         stop_probing_for_nvml_without_gpus()
         config = self.config[self.subcommand]
         refuse_unworkable_flags(self.subcommand, config)
-        # Lightning refuses a progress bar callback with enable_progress_bar=False; keep that flag working by
-        # silencing the bar instead (refresh rate 0 disables it).
-        if config.trainer.enable_progress_bar is False:
-            config.trainer.enable_progress_bar = True
-            config.progress_bar.refresh_rate = 0
-        if not config.trainer.logger:  # the learning-rate monitor has nowhere to log to
-            config.trainer.callbacks = [
-                callback
-                for callback in config.trainer.callbacks or []
-                if not getattr(callback, "class_path", "").endswith("LearningRateMonitor")
-            ]
+        reconcile_flags_with_defaults(config)
         self.restore_config = self._point_at_run_folder(config)
 
     def _point_at_run_folder(self, config: Any) -> Callable[[], None]:
@@ -212,7 +207,7 @@ class MNISTLightningCLI(LightningCLI):
         every callback at every hook, ~6 per training step); the checkpoint callbacks for fit only, and only while
         checkpointing is on (Lightning refuses them with `--trainer.enable_checkpointing false`)."""
         # LightningCLI has no public way to leave out a callback configured by `add_lightning_class_args`; these three
-        # private methods are what its own `instantiate_trainer` calls (tests/unit/test_lightning_internals.py).
+        # private methods are what its own `instantiate_trainer` calls (tests/unit/test_private_apis.py).
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         if self.subcommand != "predict":
@@ -273,6 +268,13 @@ def build_cli(
             parser_kwargs=parser_kwargs,
             **kwargs,
         )
+    except RuntimeError as e:
+        if not str(e).startswith("Error(s) in loading state_dict") or os.environ.get(DEBUG_VARIABLE):
+            raise
+        raise CheckpointError(
+            f"the checkpoint's weights do not fit MNISTClassifier ({first_line(e)}): it was written by another "
+            "version of the network; use a checkpoint of this version's `fit`"
+        ) from None
     except (MisconfigurationException, ValueError, TypeError) as e:
         refusal = lightnings_refusal(e)
         if refusal is None or os.environ.get(DEBUG_VARIABLE):

@@ -42,6 +42,21 @@ def refuse_unworkable_flags(subcommand: str, config: Any) -> None:
         )
 
 
+def reconcile_flags_with_defaults(config: Any) -> None:
+    """Keep Lightning's flags working beside this project's default callbacks (in `config`, one subcommand's)."""
+    # Lightning refuses a progress bar callback with enable_progress_bar=False: silence the bar instead (refresh rate
+    # 0 disables it).
+    if config.trainer.enable_progress_bar is False:
+        config.trainer.enable_progress_bar = True
+        config.progress_bar.refresh_rate = 0
+    if not config.trainer.logger:  # the learning-rate monitor has nowhere to log to
+        config.trainer.callbacks = [
+            callback
+            for callback in config.trainer.callbacks or []
+            if not getattr(callback, "class_path", "").endswith("LearningRateMonitor")
+        ]
+
+
 def lightnings_refusal(error: Exception) -> ArgumentError | None:
     """Lightning's refusal of a flag (a MisconfigurationException, or a ValueError or TypeError raised by its own
     checks) as one line with a hint; None for any other error."""

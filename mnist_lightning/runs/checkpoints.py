@@ -3,10 +3,10 @@ and what `--ckpt_path last`, `best` or nothing mean."""
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import re
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +15,16 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from mnist_lightning.data.module import MNISTDataModule
 from mnist_lightning.datasets import DEFAULT_DATASET, DatasetSpec, dataset_of_record, get_dataset
-from mnist_lightning.errors import CheckpointError, first_line
+from mnist_lightning.errors import CheckpointError
+from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.runs.folders import run_of_checkpoint
 from mnist_lightning.runs.slurm import JobStep
 
 # Hyperparameters that decide the shapes of the weights.
 ARCHITECTURE = ("input_size", "hidden_sizes", "num_classes")
 DATAMODULE_STATE = MNISTDataModule.__qualname__  # where Lightning saves a data module's state_dict()
+# What a checkpoint of MNISTClassifier may hold as hyperparameters (LightningCLI adds the last two).
+MODEL_PARAMETERS = {*inspect.signature(MNISTClassifier).parameters, "_instantiator", "_class_path"}
 FIT_COMMAND = "`python -m mnist_lightning fit`"
 
 
@@ -41,7 +44,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             hint = f"resume with: python -m mnist_lightning fit --config {config} --ckpt_path {alternative}"
         else:
             hint = f"pass --ckpt_path {alternative} instead"
-        raise CheckpointError(f"{e}; the newest checkpoint of that run that loads is {alternative}: {hint}") from None
+        raise CheckpointError(f"{e}; the newest checkpoint beside it that loads is {alternative}: {hint}") from None
 
 
 def loads(path: Path) -> bool:
@@ -71,23 +74,27 @@ def _read_plain_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"--ckpt_path {path}: no such file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        lines = [line.strip() for line in str(e).splitlines()]
-        reason = next((line for line in lines if re.search(r"global|operand|load key", line, re.I)), first_line(e))
-        raise CheckpointError(
-            f"--ckpt_path {path} was refused by torch.load(weights_only=True) ({reason}): it is not plain checkpoint "
-            "data, and loading it without that restriction could run code from the file"
-        ) from None
     except PermissionError as e:
         raise CheckpointError(f"--ckpt_path {path} cannot be read ({e.strerror}): make it readable") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError) as e:
-        size = path.stat().st_size
-        what = "an empty file (0 bytes)" if size == 0 else f"not a complete checkpoint ({first_line(e)})"
+    except Exception as e:  # torch.load fails on a broken file with nearly any exception type
+        code = re.search(r"unsupported GLOBAL (\S+)", str(e))
+        if isinstance(e, pickle.UnpicklingError) and code:
+            raise CheckpointError(
+                f"--ckpt_path {path} was refused by torch.load(weights_only=True): it would call {code.group(1)}, "
+                "and loading it without that restriction could run code from the file; use checkpoints you made"
+            ) from None
+        what = "an empty file (0 bytes)" if path.stat().st_size == 0 else "not a complete checkpoint"
         raise CheckpointError(
             f"--ckpt_path {path} is {what}: it was truncated, or not written by torch.save; use another checkpoint"
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict)")
+    foreign = sorted(set(checkpoint.get("hyper_parameters") or {}) - MODEL_PARAMETERS)
+    if foreign:
+        raise CheckpointError(
+            f"--ckpt_path {path} is not a checkpoint of this project's MNISTClassifier (it has hyperparameters "
+            f"{', '.join(foreign)}): use one written by `python -m mnist_lightning fit`"
+        )
     return checkpoint
 
 
