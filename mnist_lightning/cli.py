@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from jsonargparse.typing import get_registered_type, register_type
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -34,6 +34,7 @@ from mnist_lightning.defaults import NullProfiler, silence_third_party_noise, st
 from mnist_lightning.errors import DEBUG_VARIABLE, ArgumentError, CheckpointError, first_line, one_line_errors
 from mnist_lightning.flags import (
     lightnings_refusal,
+    missing_package,
     parse_error,
     reconcile_flags_with_defaults,
     refuse_unworkable_flags,
@@ -135,6 +136,8 @@ class MNISTLightningCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         try:
             super().parse_arguments(parser, args)
+        except UnicodeDecodeError:
+            raise ArgumentError("a --config file is not text (YAML): pass the YAML file of a run or a preset") from None
         except argparse.ArgumentError as e:  # build_cli asks jsonargparse to raise rather than print its usage
             given = args if isinstance(args, list) else sys.argv[1:]
             subcommand = next((arg for arg in given if arg in self.subcommands()), "fit")
@@ -218,6 +221,8 @@ class MNISTLightningCLI(LightningCLI):
             warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
         if config.get("enable_checkpointing") is False:
             callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+        if any(isinstance(cb, ProgressBar) for cb in config.get("callbacks") or []):  # the user's own (Rich...)
+            callbacks = [cb for cb in callbacks if not isinstance(cb, TQDMProgressBar)]
         return self._instantiate_trainer(config, callbacks)
 
     def after_instantiate_classes(self) -> None:
@@ -275,8 +280,8 @@ def build_cli(
             f"the checkpoint's weights do not fit MNISTClassifier ({first_line(e)}): it was written by another "
             "version of the network; use a checkpoint of this version's `fit`"
         ) from None
-    except (MisconfigurationException, ValueError, TypeError) as e:
-        refusal = lightnings_refusal(e)
+    except (MisconfigurationException, ValueError, TypeError, ImportError) as e:
+        refusal = missing_package(e) or lightnings_refusal(e)
         if refusal is None or os.environ.get(DEBUG_VARIABLE):
             raise
         raise refusal from None

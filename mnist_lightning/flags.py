@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from mnist_lightning.errors import ArgumentError
+from mnist_lightning.errors import ArgumentError, first_line
 
 LIGHTNING_SOURCE = Path(L.__file__).parent
 
@@ -68,6 +68,24 @@ def lightnings_refusal(error: Exception) -> ArgumentError | None:
     return ArgumentError(f"{message} ({hint_for(message)})")
 
 
+def missing_package(error: BaseException) -> ArgumentError | None:
+    """A class given on the command line (a logger, a progress bar) that needs a package which is not installed, as
+    one line with the `pip install` that brings it; None for any other error."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, ImportError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    named = re.search(r"class_path '([\w.]+)'", str(error))
+    who = f"{named.group(1).rsplit('.', 1)[-1]} needs" if named else "this needs"
+    hint = re.search(r"`(pip install [^`]+)`", str(cause))
+    requirement = re.search(r"Requirement '([^']+)' not met", str(cause))
+    package = requirement.group(1) if requirement else cause.name or first_line(cause)
+    return ArgumentError(
+        f"{who} {package}, which is not installed: {hint.group(1) if hint else f'pip install {package}'}"
+    )
+
+
 def hint_for(message: str) -> str:
     if re.search(r"\bgpu\b|cuda|mps", message, re.IGNORECASE) and not torch.cuda.is_available():
         return "this machine has no GPU: use --trainer.accelerator cpu, or auto"
@@ -86,9 +104,11 @@ def parse_error(error: Exception, subcommand: str, flags: list[str], args: list[
     config = f"--config {configs[-1]}" if len(configs) == 1 else "a --config file"
     if key := re.match(r'Parser key "([^"]+)":', message):
         if key.group(1) == "config":
-            missing = re.search(r"File does not exist: '([^']*)'", message)
-            reason = f"{missing.group(1)}: no such file" if missing else first_line_after_key(message)
-            return ArgumentError(f"--config {reason}")
+            path = re.search(r"(File does not exist|Path is not a file): '([^']*)'", message)
+            if path:
+                what = "no such file" if path.group(1).startswith("File") else "a folder, not a YAML file"
+                return ArgumentError(f"--config {path.group(2)}: {what}")
+            return ArgumentError(f"--config: {first_line_after_key(message)}")
         given = re.search(r"(?:Given value|Got value): (.*)", message)
         kinds = re.findall(r"Expected an? (<class '\w+'>|typing\.Literal\[[^\]]*\]|dot import path)", message)
         wanted = " or ".join(dict.fromkeys(describe(kind) for kind in kinds)) or first_line_after_key(message)
@@ -98,6 +118,12 @@ def parse_error(error: Exception, subcommand: str, flags: list[str], args: list[
         close = difflib.get_close_matches(unknown.group(1).split("=")[0], flags, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         return ArgumentError(f"unknown flag {unknown.group(1)}: {hint}`{command}` lists every flag")
+    if unknown := re.search(r"does not accept option '([^']+)'", message):
+        close = difflib.get_close_matches(f"--{unknown.group(1)}", flags, n=1)
+        hint = f"did you mean {close[0].removeprefix('--')}? " if close else ""
+        return ArgumentError(
+            f"{config} sets {unknown.group(1)}, which {subcommand} does not have: {hint}`{command}` lists every setting"
+        )
     if message.startswith("Problems parsing config"):
         problem = " ".join(message.split()).removeprefix("Problems parsing config: ")
         where = re.findall(r"line \d+, column \d+", problem)
@@ -105,7 +131,8 @@ def parse_error(error: Exception, subcommand: str, flags: list[str], args: list[
         return ArgumentError(f"{config} is not valid YAML: {reason}{' at ' + where[-1] if where else ''}")
     if message.startswith("Unexpected config"):
         text = " ".join(message.split(":", 1)[1].split())[:60]
-        return ArgumentError(f"{config} holds {text!r}, not a YAML mapping of flags (model: ..., data: ..., ...)")
+        holds = f"holds {text!r}" if text else "is empty"
+        return ArgumentError(f"{config} {holds}, not a YAML mapping of settings (model: ..., data: ..., ...)")
     return ArgumentError(f"{' '.join(message.split())} (`{command}` lists every flag)")
 
 

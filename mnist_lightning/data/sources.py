@@ -106,9 +106,14 @@ def read_split(spec: DatasetSpec, data_dir: Path, split: Literal["train", "t10k"
 
 
 def _fetch_missing(spec: DatasetSpec, raw: Path, missing: list[str]) -> None:
+    data_dir = raw.parent.parent
     try:
         raw.mkdir(parents=True, exist_ok=True)
         staging_parent = Path(tempfile.mkdtemp(prefix=".staging-", dir=raw.parent))
+    except (NotADirectoryError, FileExistsError):
+        raise DataError(
+            f"data folder {data_dir}: a file stands in its path, where a folder is needed: move it away {ELSEWHERE}"
+        ) from None
     except OSError as e:
         raise DataError(f"data folder {raw} is not writable ({e.strerror}): make it writable {ELSEWHERE}") from e
     failures = [f"already on disk in {raw}: missing {', '.join(missing)}"]
