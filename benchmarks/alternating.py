@@ -8,9 +8,9 @@ setting on and off, and the median of paired ratios (an epoch with it on against
 with it off). The first epoch (warm-up) is left out. Writes Markdown and JSON under benchmarks/results/.
 
 Settings (`--toggle`):
-- `panels`: every panel of the TensorBoard dashboard (mnist_lightning.visuals.Dashboard).
+- `panels`: every panel of the TensorBoard dashboard (mnist_lightning.callbacks.dashboard.Dashboard).
 - `nvml-probe`: PYTORCH_NVML_BASED_CUDA_CHECK=1, which importing Lightning sets and the CLI clears on machines
-  without a GPU (see mnist_lightning.cli.stop_probing_for_nvml_without_gpus).
+  without a GPU (see mnist_lightning.defaults.stop_probing_for_nvml_without_gpus).
 
     python benchmarks/alternating.py --toggle panels --epochs 21 --repeats 4     # about 2 minutes on 2 cores
 """
@@ -29,7 +29,7 @@ from bench import REPO_ROOT, RESULTS_DIR, _project_fit, write_report
 
 
 def switch_panels(trainer, on: bool) -> None:
-    from mnist_lightning.visuals import Dashboard
+    from mnist_lightning.callbacks.dashboard import Dashboard
 
     dashboard = next(callback for callback in trainer.callbacks if isinstance(callback, Dashboard))
     dashboard.panels = dict.fromkeys(dashboard.panels, on)
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO_ROOT))
-    from mnist_lightning.sources import DATASETS, default_data_dir, ensure_raw_files
+    from mnist_lightning.data.sources import default_data_dir, ensure_raw_files
+    from mnist_lightning.datasets import DATASETS
 
     data_dir = args.data_dir or str(default_data_dir())
     if args.child:

@@ -13,7 +13,7 @@ It is measured two ways, because its epoch and `fit`'s epoch do different work:
    (the floor for a Python training loop).
 4. `project`: `python -m mnist_lightning fit` with configs/seed.yaml and its default logging, checkpoints and
    TensorBoard panels; an epoch is training plus validation, timed from its start to the next one's.
-5. `project-no-visuals` (only with `--kinds`): the same with every panel of mnist_lightning.visuals.Dashboard off.
+5. `project-no-visuals` (only with `--kinds`): the same with every panel of the Dashboard (callbacks/dashboard.py) off.
    Separate runs drift more than the panels cost: benchmarks/alternating.py measures them properly.
 6. `lightning-bare` (only with `--kinds`): the project's model and data in a plain `Trainer` with logger,
    checkpoints, progress bar and model summary off: Lightning's own per-step cost.
@@ -70,7 +70,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def run_child(kind: str, epochs: int, seed: int, data_dir: str, launched_at: float) -> dict:
     import torch
 
-    from mnist_lightning.visuals import Dashboard
+    from mnist_lightning.callbacks.dashboard import Dashboard
 
     epoch_seconds: list[float] = []
     if kind == "lightning-bare":
@@ -131,7 +131,7 @@ def _starting_point_loaders(data_dir: str, published: bool = False):
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
-    from mnist_lightning.data import fixed_split
+    from mnist_lightning.data.module import fixed_split
 
     train_full = datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor())
     test = DataLoader(datasets.MNIST(data_dir, train=False, transform=transforms.ToTensor()), batch_size=100)
@@ -210,22 +210,14 @@ def _project_fit(
 ) -> tuple[float, float]:
     import tempfile
 
-    from mnist_lightning.cli import MNISTLightningCLI
-    from mnist_lightning.data import MNISTDataModule
+    from mnist_lightning.cli import build_cli
 
     config = REPO_ROOT / "configs" / "seed.yaml"
     with tempfile.TemporaryDirectory() as workdir:
         args = ["fit", f"--config={config}", f"--trainer.max_epochs={epochs}", f"--seed_everything={seed}"]
         args += [f"--data.data_dir={data_dir}", *extra_args]
         args.append(f"--trainer.default_root_dir={workdir}")
-        args.append(f"--trainer.logger.init_args.save_dir={workdir}")
-        cli = MNISTLightningCLI(
-            timed_classifier(epoch_seconds),
-            MNISTDataModule,
-            seed_everything_default=42,
-            args=args,
-            trainer_defaults={"callbacks": list(callbacks)},
-        )
+        cli = build_cli(args, timed_classifier(epoch_seconds), trainer_defaults={"callbacks": list(callbacks)})
         test_accuracy = cli.trainer.callback_metrics["test/acc"].item()
     return test_accuracy, cli.model.first_start
 
@@ -350,7 +342,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO_ROOT))
-    from mnist_lightning.sources import DATASETS, default_data_dir, ensure_raw_files
+    from mnist_lightning.data.sources import default_data_dir, ensure_raw_files
+    from mnist_lightning.datasets import DATASETS
 
     data_dir = args.data_dir or str(default_data_dir())
     if args.child:

@@ -57,20 +57,17 @@ def profiled_classifier(epoch_seconds: list[float], copies: dict) -> type:
 
 
 def fit(preset: str, precision: str, accelerator: str, epochs: int | None) -> dict:
-    from mnist_lightning.cli import MNISTLightningCLI
-    from mnist_lightning.data import MNISTDataModule
+    from mnist_lightning.cli import build_cli
 
     epoch_seconds: list[float] = []
     copies: dict = {}
     with tempfile.TemporaryDirectory() as workdir:
         args = ["fit", f"--config={REPO_ROOT / 'configs' / f'{preset}.yaml'}", f"--trainer.precision={precision}"]
         args += [f"--trainer.accelerator={accelerator}", "--trainer.devices=1", "--trainer.enable_progress_bar=false"]
-        args += [f"--trainer.default_root_dir={workdir}", f"--trainer.logger.init_args.save_dir={workdir}"]
+        args += [f"--trainer.default_root_dir={workdir}"]
         if epochs is not None:
             args.append(f"--trainer.max_epochs={epochs}")
-        cli = MNISTLightningCLI(
-            profiled_classifier(epoch_seconds, copies), MNISTDataModule, seed_everything_default=42, args=args
-        )
+        cli = build_cli(args, profiled_classifier(epoch_seconds, copies))
         test_accuracy = cli.trainer.callback_metrics["test/acc"].item()
     # The first epoch pays for warm-up, the profiled one for the profiler.
     steady = [seconds for epoch, seconds in enumerate(epoch_seconds) if epoch not in (0, PROFILED_EPOCH)]

@@ -48,7 +48,7 @@ def drawn_seven() -> bytes:
 
 def model_microseconds(ckpt_path: Path, model: Path, calls: int = 2000) -> dict[str, float]:
     sys.path.insert(0, str(REPO_ROOT))
-    from mnist_lightning.inference import OnnxPredictor, TorchPredictor
+    from mnist_lightning.tools.serving.predictors import OnnxPredictor, TorchPredictor
 
     pixels = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
     results = {}

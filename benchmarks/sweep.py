@@ -59,16 +59,16 @@ def timed_sweep(pruner: dict | None, trials: int, workers: int, overrides: list[
 def in_process_fit_seconds(overrides: list[str], repeats: int) -> list[float]:
     """Seconds of `fit` of the example's base config with its first choices, in this process, after a warm-up."""
     sys.path.insert(0, str(REPO_ROOT))
-    from mnist_lightning.cli import cli_main
+    from mnist_lightning.cli import build_cli
 
     config = yaml.safe_load((REPO_ROOT / "configs" / "sweep.yaml").read_text())
     times = []
     with tempfile.TemporaryDirectory() as folder:
         args = ["fit", f"--config={REPO_ROOT / 'configs' / config['fit']}", "--test_after_fit=false", *overrides]
-        args += ["--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={folder}"]
+        args += ["--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={folder}"]
         for _ in range(repeats + 1):
             start = time.perf_counter()
-            cli_main(args)
+            build_cli(args)
             times.append(time.perf_counter() - start)
     return times[1:]
 

@@ -12,7 +12,6 @@ import argparse
 import os
 import sys
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from mnist_lightning import interrupts
 from mnist_lightning.callbacks.dashboard import Dashboard
 from mnist_lightning.callbacks.last_checkpoint import LastCheckpoint
 from mnist_lightning.callbacks.predictions import PredictionWriter
+from mnist_lightning.callbacks.stop import StopOnSignal
 from mnist_lightning.data.module import MNISTDataModule
 from mnist_lightning.datasets import DEFAULT_DATASET
 from mnist_lightning.defaults import NullProfiler, silence_third_party_noise, stop_probing_for_nvml_without_gpus
@@ -55,6 +55,7 @@ from mnist_lightning.runs.folders import (
     folder_logger,
     point_at,
     remove_if_unused,
+    restore,
     runs_root,
 )
 from mnist_lightning.runs.summary import fit_summary
@@ -108,6 +109,7 @@ class MNISTLightningCLI(LightningCLI):
         self.parse_only = parse_only
         self.checkpoint: dict | None = None  # the --ckpt_path checkpoint, read once and checked
         self.run: RunFolder | None = None
+        self.pointed: dict | None = None  # what point_at changed in the configuration, until restored
         self.job_step = slurm.current_step()
         self.summary = ""  # what `fit` ends with (cli_main prints it)
         try:
@@ -170,12 +172,12 @@ class MNISTLightningCLI(LightningCLI):
         config = self.config[self.subcommand]
         refuse_unworkable_flags(self.subcommand, config)
         reconcile_flags_with_defaults(config)
-        self.restore_config = self._point_at_run_folder(config)
+        self._point_at_run_folder(config)
 
-    def _point_at_run_folder(self, config: Any) -> Callable[[], None]:
-        """Choose the run's folder and point the Trainer at it (until `restore_config()`)."""
+    def _point_at_run_folder(self, config: Any) -> None:
+        """Choose the run's folder and point the Trainer at it (until after the instantiation)."""
         if config.trainer.fast_dev_run:  # Lightning swaps the logger for one that writes nothing
-            return lambda: None
+            return
         resumed = Path(config.ckpt_path) if self.subcommand == "fit" and self.checkpoint is not None else None
         # Only global rank 0 claims a fresh folder; the others follow the folder Lightning broadcasts from it.
         claim = rank_zero_only.rank == 0
@@ -183,13 +185,13 @@ class MNISTLightningCLI(LightningCLI):
             config.trainer, resume_from=resumed, fixed=self.fixed_run_folder, job_step=self.job_step, claim=claim
         )
         if run is None:
-            return lambda: None
+            return
         if run.resumed:
             self.save_config_kwargs["overwrite"] = True  # the same run's config, now with its ckpt_path
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             if resumed is not None and rank_zero_only.rank == 0:
                 print(f"Resuming {run.path} from {config.ckpt_path}")
-        elif (run.path / "config.yaml").exists():
+        elif (run.path / "config.yaml").exists() and not self.save_config_kwargs.get("overwrite"):
             raise ArgumentError(
                 f"run folder {run.path} holds another run: pass another --trainer.logger.init_args.version, or "
                 f"resume that run with --ckpt_path {run.path / 'checkpoints' / 'last.ckpt'}"
@@ -199,7 +201,7 @@ class MNISTLightningCLI(LightningCLI):
             self.save_config_kwargs["overwrite"] = True
         self.run = run
         step = self.checkpoint["global_step"] if resumed is not None and folder_logger(config.trainer.logger) else None
-        return point_at(config.trainer, run, resumed_step=step)
+        self.pointed = point_at(config.trainer, run, resumed_step=step)
 
     def instantiate_classes(self) -> None:
         if not self.parse_only:
@@ -223,13 +225,15 @@ class MNISTLightningCLI(LightningCLI):
             callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
         if any(isinstance(cb, ProgressBar) for cb in config.get("callbacks") or []):  # the user's own (Rich...)
             callbacks = [cb for cb in callbacks if not isinstance(cb, TQDMProgressBar)]
-        return self._instantiate_trainer(config, callbacks)
+        return self._instantiate_trainer(config, [*callbacks, StopOnSignal()])
 
     def after_instantiate_classes(self) -> None:
         if self.parse_only:
             return
         super().after_instantiate_classes()
-        self.restore_config()  # config.yaml is written later, without the run folder: `--config` on it starts anew
+        if self.pointed is not None:  # config.yaml is written later, without the run folder: --config on it starts anew
+            restore(self.config[self.subcommand].trainer, self.pointed)
+            self.pointed = None
         use_atomic_checkpoints(self.trainer.strategy)  # checkpoints that survive kill -9 and a full disk
 
     def after_predict(self) -> None:
@@ -254,19 +258,20 @@ class MNISTLightningCLI(LightningCLI):
 
 
 def build_cli(
-    args: ArgsType = None, cli_class: type[MNISTLightningCLI] = MNISTLightningCLI, **kwargs: Any
+    args: ArgsType = None, model_class: type[MNISTClassifier] = MNISTClassifier, **kwargs: Any
 ) -> MNISTLightningCLI:
     """The project's LightningCLI on `args` (default `sys.argv[1:]`; a list of strings or a dict), run.
 
-    Errors the user can fix, Lightning's refusals of a flag among them, raise `UserError`; `kwargs` go to the CLI
-    class (`run_folder`, `parse_only`, and LightningCLI's own, e.g. `trainer_defaults`).
+    Errors the user can fix, Lightning's refusals of a flag among them, raise `UserError`; `kwargs` go to
+    `MNISTLightningCLI` (`run_folder`, `parse_only`, and LightningCLI's own, e.g. `trainer_defaults`). `model_class`:
+    a subclass of MNISTClassifier instead (the benchmarks time epochs so).
     """
     silence_third_party_noise()
     # Errors as one line, never 120 lines of usage first; the usage names the command a user types.
     parser_kwargs = {"exit_on_error": False, "prog": "python -m mnist_lightning", **kwargs.pop("parser_kwargs", {})}
     try:
-        return cli_class(
-            MNISTClassifier,
+        return MNISTLightningCLI(
+            model_class,
             MNISTDataModule,
             seed_everything_default=42,
             args=args,

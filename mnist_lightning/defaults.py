@@ -55,4 +55,4 @@ NOISE = ("💡 Tip", "Received SIGTERM", "Bypassing SIGTERM", "SLURM auto-requeu
 
 def is_not_noise(record: logging.LogRecord) -> bool:
     message = record.getMessage()
-    return not (message.startswith(NOISE) or (message.startswith("An ") and "was raised with message" in message))
+    return not (any(noise in message for noise in NOISE) or ("An " in message and "was raised with message" in message))

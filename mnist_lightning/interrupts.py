@@ -2,9 +2,10 @@
 what happened (and the command that resumes, where there is something to resume), and the exit status 128 + the
 signal's number (130, 143, 138).
 
-While a Lightning Trainer runs (fit, validate, test, predict), a stop signal becomes Lightning's own SIGTERM notice:
-every process of the run stops together at the end of its current step, and callbacks save what is worth saving
-(`LastCheckpoint`). Anywhere else, `Stopped` is raised where the program is. A second Ctrl-C stops at once.
+While a Lightning Trainer runs (fit, validate, test, predict), a stop signal is only noted, and the run stops the way
+Lightning stops on SIGTERM (callbacks.stop.StopOnSignal): every process of the run at the end of the same batch, and
+callbacks save what is worth saving (`LastCheckpoint`). Anywhere else, `Stopped` is raised where the program is. A
+second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class _State:
     stopped_at: str = ""  # where the interrupted work stopped, said by whoever saved it
     resume: str | None = None  # the command that resumes it
     installed = 0
+    signals: tuple[int, ...] = ()  # the signals handled
+    in_run = False  # a Lightning run is in progress, which stops at a batch end
 
 
 def received() -> int | None:
@@ -64,16 +67,23 @@ def final_line(requeued: str | None = None) -> str:
 def _handle(signum: int, frame: FrameType | None) -> None:
     first = _State.received is None
     _State.received = _State.received or signum
-    lightning = signal.getsignal(signal.SIGTERM)
-    if lightning is not _handle and callable(lightning):
-        # A Trainer runs and has put its SIGTERM notice in place (calling this handler too): let it stop the run at
-        # the end of the step, on every process. A second Ctrl-C does not wait.
-        if signum == signal.SIGINT and not first:
-            raise Stopped(signum)
-        if signum != signal.SIGTERM:
-            lightning(signal.SIGTERM, frame)
+    if _State.in_run and (first or signum != signal.SIGINT):  # the run stops at a batch end; a second Ctrl-C at once
         return
     raise Stopped(signum)
+
+
+def take_over() -> None:
+    """A Lightning run is in progress: handle the stop signals here again (Lightning puts its own SIGTERM handler in
+    place for each run), and only note them: callbacks.stop.StopOnSignal stops the run at a batch end."""
+    _State.in_run = True
+    if _State.installed and threading.current_thread() is threading.main_thread():
+        for signum in _State.signals:
+            signal.signal(signum, _handle)
+
+
+def release() -> None:
+    """The Lightning run has ended: a stop signal now stops the program where it is."""
+    _State.in_run = False
 
 
 @contextmanager
@@ -85,6 +95,7 @@ def handled(requeue: Callable[[], str] | None = None, say: bool = True) -> Itera
     install = threading.current_thread() is threading.main_thread()  # Python runs handlers there only
     previous = {signum: signal.getsignal(signum) for signum in signals} if install else {}
     _State.installed += 1
+    _State.signals = tuple(signals)
     try:
         for signum in previous:
             signal.signal(signum, _handle)

@@ -1,12 +1,57 @@
+"""The tiers and the fixtures every tier shares.
+
+Each test is marked by its folder: `unit` (no training at all), `integration` (fits in this process, on tiny synthetic
+data) or `system` (other processes: the CLI as users start it, kill -9, DDP, PostgreSQL, a browser, real MNIST, the
+benchmarks, `serve`). `pytest -m "not system"` is the edit loop. System-only fixtures are in tests/system/conftest.py.
+"""
+
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mnist_lightning.sources import DATASETS
-from tests.serving import exported, server, tiny_checkpoint  # noqa: F401 (session fixtures for export and serve)
-from tests.synthetic import trust_synthetic_mnist, write_synthetic_mnist
+from mnist_lightning.datasets import DATASETS
+from tests.helpers import (
+    TINY_RUN,
+    Exported,
+    cli_context,
+    synthetic_as_mnist,
+    trust_for_one_test,
+    write_synthetic_mnist,
+)
+
+TIERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        tier = item.path.relative_to(tests).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: every test lives in one of tests/{{{','.join(TIERS)}}}/")
+        item.add_marker(tier)
+
+
+@pytest.fixture(autouse=True)
+def no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs take their arguments from `cli_main(args)`, never from pytest's own command line."""
+    monkeypatch.setattr(sys, "argv", ["mnist-lightning"])
+
+
+@pytest.fixture(autouse=True)
+def lightning_log_levels_restored() -> Iterator[None]:
+    """In-process sweeps quiet Lightning's loggers; every other test gets them back as they were."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +67,37 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def synthetic_mnist(synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """`synthetic_dir`, with this process trusting it as MNIST and Fashion-MNIST for the length of one test."""
-    for name, spec in DATASETS.items():
-        monkeypatch.setitem(DATASETS, name, spec)
-    trust_synthetic_mnist(synthetic_dir)
+    trust_for_one_test(monkeypatch, synthetic_dir)
     return synthetic_dir
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`tmp_path`, made the working folder for the length of one test (where runs write `lightning_logs/`)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The best checkpoint of a 784-32-10 network fitted for one epoch on the synthetic MNIST by `fit` (in this
+    process: a `fit` subprocess would spend most of its time starting up), in its run folder
+    `lightning_logs/version_0` with its config.yaml and last.ckpt. Tests copy it before changing anything."""
+    from mnist_lightning.cli import cli_main
+
+    workdir = tmp_path_factory.mktemp("tiny-fit")
+    args = ["fit", f"--data.data_dir={synthetic_dir}", *TINY_RUN, "--trainer.logger=false", "--test_after_fit=false"]
+    with cli_context(synthetic_dir, workdir), contextlib.redirect_stdout(io.StringIO()):
+        cli = cli_main(args)
+        return Path(cli.trainer.checkpoint_callback.best_model_path).resolve()
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_checkpoint: Path, synthetic_dir: Path) -> Exported:
+    """`export --ckpt_path <tiny checkpoint>` run in this process (the synthetic data trusted as MNIST meanwhile)."""
+    from mnist_lightning.tools.serving import export  # needs the `serve` extra, which the rest of the tests do not
+
+    printed = io.StringIO()
+    with synthetic_as_mnist(synthetic_dir), contextlib.redirect_stdout(printed):
+        export.main(["--ckpt_path", str(tiny_checkpoint), "--data_dir", str(synthetic_dir)])
+    return Exported(tiny_checkpoint, tiny_checkpoint.with_suffix(".onnx"), printed.getvalue())

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import re
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from typing import Any
 from jsonargparse import Namespace
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from mnist_lightning.errors import ArgumentError
+from mnist_lightning.files import FIXES
 from mnist_lightning.runs.slurm import JobStep
 
 DEFAULT_NAME = "lightning_logs"
@@ -121,41 +122,49 @@ def choose_run_folder(
     if resume_from is not None and (run := run_of_checkpoint(resume_from)) is not None:
         return RunFolder(run, resumed=True)
     root = runs_root(trainer)
-    if job_step is not None:
-        folder = root / job_step.folder_name
-        folder.mkdir(parents=True, exist_ok=True)  # by every process of the step: all of them know its name
-        return RunFolder(folder, resumed=job_step.restarts > 0)
-    logger = folder_logger(trainer.logger)
-    version = None if logger is None else logger.init_args.version
-    if version is not None:
-        return RunFolder(root / (f"version_{version}" if isinstance(version, int) else str(version)))
-    return RunFolder(claim_next_version(root)) if claim else None
+    try:
+        if job_step is not None:
+            folder = root / job_step.folder_name
+            folder.mkdir(parents=True, exist_ok=True)  # by every process of the step: all of them know its name
+            return RunFolder(folder, resumed=job_step.restarts > 0)
+        logger = folder_logger(trainer.logger)
+        version = None if logger is None else logger.init_args.version
+        if version is not None:
+            return RunFolder(root / (f"version_{version}" if isinstance(version, int) else str(version)))
+        return RunFolder(claim_next_version(root)) if claim else None
+    except OSError as e:
+        raise ArgumentError(
+            f"log folder {root} cannot be made ({e.strerror}): {FIXES.get(e.errno, 'make it writable')}, or pass "
+            "--trainer.default_root_dir DIR for runs elsewhere"
+        ) from None
 
 
-def point_at(trainer: Namespace, run: RunFolder, resumed_step: int | None = None) -> Callable[[], None]:
-    """Set the parsed `trainer` section so that the Trainer and its logger write into `run`; return the function
-    that restores the section as it was (call it once the classes are instantiated, before config.yaml is saved).
+def point_at(trainer: Namespace, run: RunFolder, resumed_step: int | None = None) -> dict[str, Any]:
+    """Set the parsed `trainer` section so that the Trainer and its logger write into `run`; return what it held,
+    for `restore` (once the classes are instantiated, before config.yaml is saved).
 
     `resumed_step`: the step a resumed run continues from; a TensorBoard logger drops the events the run logged after
     it, so that the curves continue rather than fold back.
     """
     logger = folder_logger(trainer.logger)
-    saved_root, saved_args = trainer.default_root_dir, {}
+    previous: dict[str, Any] = {"default_root_dir": trainer.default_root_dir, "logger": {}}
     trainer.default_root_dir = str(run.path)  # checkpoints without a logger, config.yaml, hpc checkpoints
     if logger is not None:
         changes = {"save_dir": str(run.path.parent.parent), "name": run.path.parent.name, "version": run.version}
         if resumed_step is not None and "purge_step" in logger.init_args:
             changes["purge_step"] = resumed_step
-        saved_args = {key: getattr(logger.init_args, key) for key in changes}
+        previous["logger"] = {key: getattr(logger.init_args, key) for key in changes}
         for key, value in changes.items():
             setattr(logger.init_args, key, value)
+    return previous
 
-    def restore() -> None:
-        trainer.default_root_dir = saved_root
-        for key, value in saved_args.items():
-            setattr(logger.init_args, key, value)
 
-    return restore
+def restore(trainer: Namespace, previous: dict[str, Any]) -> None:
+    """Undo `point_at`, whose return value `previous` is."""
+    trainer.default_root_dir = previous["default_root_dir"]
+    logger = folder_logger(trainer.logger)
+    for key, value in previous["logger"].items():
+        setattr(logger.init_args, key, value)
 
 
 def run_folder(trainer: Any) -> Path:

@@ -7,6 +7,6 @@ variable reaches every process, DDP's workers too, which Lightning starts as `py
 import os
 
 if os.environ.get("MNIST_LIGHTNING_TEST_SYNTHETIC"):
-    from tests.synthetic import trust_synthetic_mnist
+    from tests.helpers import trust_synthetic_mnist
 
     trust_synthetic_mnist(os.environ["MNIST_LIGHTNING_TEST_SYNTHETIC"])

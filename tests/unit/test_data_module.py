@@ -1,3 +1,5 @@
+"""`MNISTDataModule` on synthetic files, untrained: splits, batches as torchvision makes them, sharding, refusals."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +11,7 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 
 from mnist_lightning import MNISTDataModule
-from mnist_lightning.data import fixed_split, keep_batch
+from mnist_lightning.data.module import fixed_split, keep_batch
 
 
 @pytest.fixture

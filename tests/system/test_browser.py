@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.serving import REAL_MODEL_VARIABLE
+from tests.helpers import REAL_MODEL_VARIABLE
 
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL = "apt-get install -y chromium chromium-driver"

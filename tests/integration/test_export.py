@@ -1,4 +1,5 @@
-"""`python -m mnist_lightning export`: the self-check, its refusal, metadata, the dynamic batch axis, batch norm."""
+"""`export` and the predictors `serve` runs, in this process on the session's tiny checkpoint: the self-check and its
+refusal, the metadata, the dynamic batch axis, batch norm, and every way to load a model."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from mnist_lightning import commands, export
+from mnist_lightning import commands
+from mnist_lightning.data.images import prepare_digit
 from mnist_lightning.errors import ArgumentError, CheckpointError
-from mnist_lightning.inference import OnnxPredictor, TorchPredictor
 from mnist_lightning.model import MNISTClassifier
-from tests.serving import Exported
-from tests.synthetic import synthetic_arrays
+from mnist_lightning.tools.serving import export
+from mnist_lightning.tools.serving.predictors import OnnxPredictor, TorchPredictor
+from mnist_lightning.tools.serving.serve import load_predictor
+from tests.helpers import Exported, drawing, encoded, one_line_error, synthetic_arrays
 
 
 def test_export_checks_itself_on_the_whole_test_set_and_says_so(exported: Exported) -> None:
@@ -75,11 +78,8 @@ def test_a_model_that_disagrees_is_refused_in_one_line_and_nothing_is_written(
         "--data_dir",
         str(synthetic_mnist),
     ]
-    with pytest.raises(SystemExit) as exit_info:
-        commands.main(args)
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err
-    assert error.startswith("error: the exported model disagrees with") and error.count("\n") == 1, error
+    error = one_line_error(capsys, args, main=commands.main, alone=True)
+    assert error.startswith("error: the exported model disagrees with"), error
     assert "nothing was written" in error
     assert list(tmp_path.iterdir()) == []
 
@@ -109,3 +109,27 @@ def test_a_batch_norm_network_exports_in_eval_mode(synthetic_mnist: Path, tmp_pa
     export.main(["--ckpt_path", str(checkpoint), "--data_dir", str(synthetic_mnist)])
     assert "on 300 of 300 images (100.00%)" in capsys.readouterr().out
     assert "val_accuracy" not in {p.key for p in onnx.load(tmp_path / "bn.onnx").metadata_props}
+
+
+def test_every_way_to_load_a_model_predicts_the_same(exported: Exported, capsys) -> None:
+    digits = np.stack([prepare_digit(encoded(drawing(seed))).numpy() for seed in range(4)])
+    pixels = digits.astype(np.float32) / 255
+    from_file = load_predictor(None, exported.model, "onnxruntime")
+    exported_in_memory = load_predictor(exported.checkpoint, None, "onnxruntime")  # serve --ckpt_path
+    torch_runtime = load_predictor(exported.checkpoint, None, "torch")
+    assert [p.runtime for p in (from_file, exported_in_memory, torch_runtime)] == ["onnxruntime"] * 2 + ["torch"]
+    assert "Exporting" in capsys.readouterr().out
+    for predictor in (exported_in_memory, torch_runtime):
+        np.testing.assert_allclose(predictor(pixels), from_file(pixels), atol=1e-5)
+        assert predictor.info == from_file.info
+
+
+def test_flags_that_cannot_work_are_refused(exported: Exported, tmp_path: Path) -> None:
+    with pytest.raises(ArgumentError, match="either --ckpt_path CHECKPOINT or --model"):
+        load_predictor(None, None, "onnxruntime")
+    with pytest.raises(ArgumentError, match="either --ckpt_path CHECKPOINT or --model"):
+        load_predictor(exported.checkpoint, exported.model, "onnxruntime")
+    with pytest.raises(ArgumentError, match="--runtime torch needs --ckpt_path"):
+        load_predictor(None, exported.model, "torch")
+    with pytest.raises(ArgumentError, match="no such file"):
+        load_predictor(None, tmp_path / "missing.onnx", "onnxruntime")

@@ -1,39 +1,33 @@
-"""The TensorBoard panels, read back with TensorBoard's own reader and served by a real TensorBoard server."""
+"""The dashboard's TensorBoard panels and PNG figures, read back with TensorBoard's own reader."""
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lightning.cli import cli_main
+from tests.helpers import cli_context
 
 EPOCHS = 2
+
+
 SMALL_RUN = ["--data.val_size=200", "--data.batch_size=50", "--model.hidden_sizes=[32]"]
 SMALL_RUN += [f"--trainer.max_epochs={EPOCHS}", "--trainer.enable_progress_bar=false"]
 
 
-@pytest.fixture(autouse=True)
-def no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["mnist-lightning"])
+def fit(data_dir: Path, *args: str) -> Path:
+    """`fit` of two epochs in the working folder, with `args`: its run folder."""
+    cli_main(["fit", f"--data.data_dir={data_dir}", *SMALL_RUN, *args])
+    return Path("lightning_logs", "version_0").resolve()
 
 
-def fit(synthetic_mnist: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> Path:
-    monkeypatch.chdir(workdir)
-    cli_main(["fit", f"--data.data_dir={synthetic_mnist}", *SMALL_RUN, *args])
-    return workdir / "lightning_logs" / "version_0"
-
-
-@pytest.fixture
-def run(synthetic_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return fit(synthetic_mnist, tmp_path, monkeypatch)
+@pytest.fixture(scope="module")
+def run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of one fit with every panel on, which the tests only read."""
+    with cli_context(synthetic_dir, tmp_path_factory.mktemp("dashboard")):
+        return fit(synthetic_dir)
 
 
 def events(run: Path) -> EventAccumulator:
@@ -81,23 +75,17 @@ def test_the_confusion_matrix_and_mistakes_are_saved_as_png(run: Path) -> None:
         assert (run / name).read_bytes().startswith(b"\x89PNG"), name
 
 
-def test_each_panel_can_be_switched_off(synthetic_mnist: Path, tmp_path: Path, monkeypatch) -> None:
-    run = fit(
-        synthetic_mnist,
-        tmp_path,
-        monkeypatch,
-        "--dashboard.confusion_matrix=false",
-        "--dashboard.histograms=false",
-    )
+def test_each_panel_can_be_switched_off(synthetic_mnist: Path, workdir: Path) -> None:
+    run = fit(synthetic_mnist, "--dashboard.confusion_matrix=false", "--dashboard.histograms=false")
     tags = events(run).Tags()
     assert not any(tag.startswith("confusion_matrix") for tag in tags["images"])
     assert "misclassified/test" in tags["images"] and not tags["histograms"]
     assert not (run / "confusion_matrix_test.png").exists()
 
 
-def test_with_a_csv_logger_only_the_png_figures_are_drawn(synthetic_mnist: Path, tmp_path: Path, monkeypatch) -> None:
-    fit(synthetic_mnist, tmp_path, monkeypatch, "--trainer.logger=lightning.pytorch.loggers.CSVLogger")
-    run = tmp_path / "lightning_logs" / "version_0"
+def test_with_a_csv_logger_only_the_png_figures_are_drawn(synthetic_mnist: Path, workdir: Path) -> None:
+    fit(synthetic_mnist, "--trainer.logger=lightning.pytorch.loggers.CSVLogger")
+    run = workdir / "lightning_logs" / "version_0"
     assert (run / "metrics.csv").exists()
     assert {path.name for path in run.glob("*.png")} == {
         "confusion_matrix_val.png",
@@ -105,44 +93,3 @@ def test_with_a_csv_logger_only_the_png_figures_are_drawn(synthetic_mnist: Path,
         "misclassified_test.png",
     }
     assert not list(run.glob("events.out.tfevents.*"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_a_real_tensorboard_server_serves_the_run(run: Path) -> None:
-    port = free_port()
-    tensorboard = Path(sys.executable).parent / "tensorboard"
-    server = subprocess.Popen(
-        [str(tensorboard), "--logdir", str(run.parent), "--host", "127.0.0.1", f"--port={port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def get(path: str) -> object:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return json.load(response)
-
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                runs = get("/data/runs")
-                if runs:
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None, "tensorboard exited"
-            assert time.monotonic() < deadline, "tensorboard did not answer in 90 s"
-            time.sleep(0.5)
-        assert runs == ["version_0"]
-        scalars = get("/data/plugin/scalars/tags")["version_0"]
-        assert {"train/loss", "val/acc", "val/acc_best", "test/acc", "lr-Adam"} <= set(scalars)
-        images = get("/data/plugin/images/tags")["version_0"]
-        assert {"samples/train", "confusion_matrix/val", "misclassified/test", "weights/first_layer"} <= set(images)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

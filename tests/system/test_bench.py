@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mnist_lightning.sources import DATASETS
-from tests.synthetic import REPO_ROOT, subprocess_env, trust_synthetic_mnist, write_synthetic_mnist
+from tests.helpers import REPO_ROOT, subprocess_env, trust_for_one_test, write_synthetic_mnist
 
 # Each child process first accepts the synthetic files as MNIST, then runs the script as `python bench.py ...`.
 TRUSTING_CHILD = (
-    "import runpy, sys; from tests.synthetic import trust_synthetic_mnist; "
+    "import runpy, sys; from tests.helpers import trust_synthetic_mnist; "
     "trust_synthetic_mnist(sys.argv[1]); sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 )
 
@@ -33,8 +32,7 @@ def load_bench(name: str = "bench"):
 
 def load_bench_with_trusting_children(name: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch):
     """The script `name`, whose children accept the synthetic files in `data_dir` as MNIST (as this process does)."""
-    monkeypatch.setitem(DATASETS, "mnist", DATASETS["mnist"])
-    trust_synthetic_mnist(data_dir)
+    trust_for_one_test(monkeypatch, data_dir)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]))
     module = load_bench(name)
     child_command = module.child_command
@@ -145,8 +143,7 @@ def test_the_gpu_check_runs_on_the_cpu_and_reports_where_the_data_lives(
 ) -> None:
     data_dir = tmp_path / "data"
     write_synthetic_mnist(data_dir, train=5600, test=200)  # the presets hold out 5,000 for validation
-    monkeypatch.setitem(DATASETS, "mnist", DATASETS["mnist"])
-    trust_synthetic_mnist(data_dir)
+    trust_for_one_test(monkeypatch, data_dir)
     monkeypatch.setenv("MNIST_LIGHTNING_DATA", str(data_dir))
     gpu_check = load_bench("gpu_check")
     monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # jsonargparse imports the model class's module

@@ -1,0 +1,397 @@
+"""The tests' one copy of each helper: tiny synthetic datasets, running the CLI (in this process or a fresh one),
+one-line errors, drawn digits, free ports, and a watch on a folder's file events.
+
+Synthetic data: each class is a fixed random pattern plus per-image noise, so a small MLP learns it in a few steps
+and every image is distinct. The real digests are replaced by the synthetic files' own, in this process
+(`trust_synthetic_mnist`, `synthetic_as_mnist`) or in a subprocess started with `cli_command()` and
+`subprocess_env()` (see tests/site/sitecustomize.py, which imports this module: keep its top-level imports light).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import functools
+import io
+import json
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnist_lightning.datasets import DATASETS, IDX_FILES
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DIGESTS_FILE = "synthetic-digests.json"
+# A real model for the serve and browser tests to serve instead of the synthetic one, e.g. for docs/serve-page.png
+# (see docs/serving.md).
+REAL_MODEL_VARIABLE = "MNIST_LIGHTNING_TEST_SERVE_MODEL"
+
+# One epoch of 1,000 training images in batches of 50 (20 steps) of a 784-32-10 network: the tiny run most tests fit.
+TINY_RUN = ["--data.val_size=200", "--data.batch_size=50", "--model.hidden_sizes=[32]", "--trainer.max_epochs=1"]
+TINY_RUN += ["--trainer.enable_progress_bar=false"]
+# 4 training steps of 50 images per epoch, 2 epochs; 2 batches each of validation and test: a few steps per flag.
+QUICK_RUN = ["--data.val_size=200", "--data.batch_size=50", "--model.hidden_sizes=[16]", "--trainer.max_epochs=2"]
+QUICK_RUN += ["--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2"]
+QUICK_RUN += ["--trainer.enable_progress_bar=false"]
+
+
+# --- Synthetic datasets ------------------------------------------------------------------------------------------
+
+
+def synthetic_arrays(
+    count: int, seed: int, mislabelled: float = 0.0, classes: int = 10, size: int = 28
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` size×size images and their labels, of `classes` classes; a fraction `mislabelled` of the labels is
+    wrong, so no model is perfect."""
+    patterns = np.random.default_rng(0).random((classes, size, size)) > 0.7
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count, dtype=np.uint8) % classes
+    rng.shuffle(labels)
+    noise = rng.integers(0, 90, size=(count, size, size))
+    images = np.clip(noise + 160 * patterns[labels], 0, 255).astype(np.uint8)
+    wrong = rng.random(count) < mislabelled
+    labels[wrong] = (labels[wrong] + 1 + rng.integers(0, classes - 1, size=wrong.sum())) % classes
+    return images, labels
+
+
+def write_synthetic_mnist(data_dir: Path, train: int = 1200, test: int = 300, dataset: str = "mnist") -> Path:
+    """Write the four IDX files of `dataset` under its raw folder in `data_dir`, with their digests beside them;
+    return that folder."""
+    from mnist_lightning.data.idx import write_idx
+    from mnist_lightning.data.sources import sha256_of
+
+    spec = DATASETS[dataset]
+    raw = spec.raw_dir(data_dir)
+    # Some test labels are wrong, so that test accuracy is below 1 and there are mistakes to show.
+    for prefix, count, seed, mislabelled in (("train", train, 1, 0.0), ("t10k", test, 2, 0.05)):
+        images, labels = synthetic_arrays(count, seed, mislabelled, spec.num_classes, spec.image_shape[-1])
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    digests = {name: sha256_of(raw / name) for name in IDX_FILES}
+    (raw / DIGESTS_FILE).write_text(json.dumps(digests))
+    return raw
+
+
+def trust_synthetic_mnist(data_dir: Path | str) -> None:
+    """Make this process accept the synthetic files in `data_dir` as the datasets they stand for (and never fetch
+    anything)."""
+    for name, spec in DATASETS.items():
+        digests = spec.raw_dir(data_dir) / DIGESTS_FILE
+        if digests.is_file():
+            DATASETS[name] = dataclasses.replace(spec, sha256=json.loads(digests.read_text()), sources=())
+
+
+def trust_for_one_test(monkeypatch: Any, data_dir: Path) -> None:
+    """`trust_synthetic_mnist(data_dir)` until `monkeypatch` (pytest's) undoes it: every entry as it was afterwards."""
+    for name, spec in DATASETS.items():
+        monkeypatch.setitem(DATASETS, name, spec)
+    trust_synthetic_mnist(data_dir)
+
+
+@contextlib.contextmanager
+def synthetic_as_mnist(data_dir: Path) -> Iterator[None]:
+    """This process accepts the synthetic files in `data_dir` as MNIST and Fashion-MNIST until the block ends (for
+    fixtures wider than one test, which cannot use the `synthetic_mnist` fixture)."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patch:
+        trust_for_one_test(patch, data_dir)
+        yield
+
+
+# --- The CLI, in this process --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cli_context(data_dir: Path, workdir: Path) -> Iterator[None]:
+    """For fixtures wider than one test that run `cli_main`: the synthetic data trusted, `workdir` the working folder
+    and no pytest flags in sys.argv, until the block ends (a test has `synthetic_mnist` and `no_pytest_argv`)."""
+    import pytest
+
+    with synthetic_as_mnist(data_dir), pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setattr(sys, "argv", ["mnist-lightning"])
+        yield
+
+
+def one_line_error(capture: Any, args: list[str], main: Any = None, alone: bool = False) -> str:
+    """Run `main(args)` (default `cli_main`; `commands.main` for the other commands) in this process and require exit
+    status 2, no traceback and exactly one `error:` line on stderr (`alone`: and nothing else there); return that
+    line. `capture` is pytest's capsys or capfd."""
+    import pytest
+
+    from mnist_lightning.cli import cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        (main or cli_main)(args)
+    output = capture.readouterr()
+    assert exit_info.value.code == 2, output.out[-2000:] + output.err[-2000:]
+    assert "Traceback" not in output.err + output.out
+    if alone:
+        assert len(output.err.strip().splitlines()) == 1, output.err[-2000:]
+    return only_error_line(output.err)
+
+
+def only_error_line(stderr: str) -> str:
+    """The one `error: ` line of `stderr`; fails unless there is exactly one."""
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, stderr[-2000:]
+    return errors[0]
+
+
+def exits_non_zero_with_an_error(capture: Any, main: Any, args: list[str]) -> None:
+    """`main(args)` exits with a non-zero status and says `error` on stderr."""
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code != 0
+    assert "error" in capture.readouterr().err.lower()
+
+
+# --- Sweeps -------------------------------------------------------------------------------------------------------
+
+GOOD_LR, HOPELESS_LR, DIVERGING_LR = 0.003, 1e-7, 1e30
+# Random sampling with this seed (trial N draws with seed + N) proposes (0.003, [16]), (0.003, [32]), (1e-07, [16]),
+# (1e-07, [32]): two trials that learn, then two that cannot and are pruned after their first epoch.
+SWEEP = {
+    "fit": {
+        "seed_everything": 42,
+        "model": {"hidden_sizes": [32]},
+        "data": {"batch_size": 50, "val_size": 200},
+        "trainer": {"max_epochs": 2, "enable_progress_bar": False},
+    },
+    "metric": "val/loss",  # unlike accuracy, it differs from trial to trial on data this easy
+    "direction": "minimize",
+    "n_trials": 4,
+    "sampler": {"seed": 45, "n_startup_trials": 10},
+    "pruner": {"n_startup_trials": 1, "n_warmup_steps": 0},
+    "search_space": {
+        "model.lr": {"choices": [GOOD_LR, HOPELESS_LR]},
+        "model.hidden_sizes": {"choices": [[16], [32]]},
+    },
+}
+
+
+def write_sweep(folder: Path, **changes: Any) -> Path:
+    """`SWEEP`, with `changes` to its sections, as folder/sweep.yaml."""
+    import yaml
+
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**SWEEP, **changes}, sort_keys=False))  # keys in order: the sampler draws in order
+    return path
+
+
+def sweep_error(capture: Any, *args: str) -> str:
+    """Run `sweep ARGS` in this process; require exit status 2 and one line on stderr, and return it."""
+    from mnist_lightning.commands import main
+
+    return one_line_error(capture, ["sweep", *args], main=main, alone=True)
+
+
+# --- The CLI, in a fresh process ----------------------------------------------------------------------------------
+
+
+def cli_command(data_dir: Path, *args: str) -> list[str]:
+    """`python -m mnist_lightning ARGS` in a fresh process that accepts the synthetic data in `data_dir` as MNIST.
+
+    Run it with `env=subprocess_env()`, which puts tests/site/sitecustomize.py on the path.
+    """
+    variable = f"MNIST_LIGHTNING_TEST_SYNTHETIC={data_dir}"
+    return ["env", variable, sys.executable, "-m", "mnist_lightning", *args, f"--data.data_dir={data_dir}"]
+
+
+def subprocess_env(**variables: str) -> dict[str, str]:
+    """This process's environment with tests/site and the checkout first on PYTHONPATH (and `variables` set)."""
+    path = os.pathsep.join([str(REPO_ROOT / "tests" / "site"), str(REPO_ROOT)])
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **variables}
+
+
+def run_cli(data_dir: Path, cwd: Path, *args: str, returncode: int = 0, **run: Any) -> str:
+    """Run `cli_command(data_dir, *args)` in `cwd`, require `returncode`, and return everything it printed."""
+    result = subprocess.run(
+        cli_command(data_dir, *args),
+        cwd=cwd,
+        env=run.pop("env", subprocess_env()),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **run,
+    )
+    assert result.returncode == returncode, result.stdout[-3000:] + result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def start_cli(data_dir: Path, cwd: Path, *args: str, **popen: Any) -> subprocess.Popen:
+    """Start `cli_command(data_dir, *args)` in `cwd`; its stdout and stderr together in `.stdout`, as text."""
+    return subprocess.Popen(
+        cli_command(data_dir, *args),
+        cwd=cwd,
+        env=popen.pop("env", subprocess_env()),
+        stdout=popen.pop("stdout", subprocess.PIPE),
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until `path` exists; fail if `process` ends first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stdout.read()[-3000:] if process.stdout else process.returncode
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.05)
+
+
+def printed_test_accuracy(output: str) -> str:
+    """The last test/acc in Lightning's printed results table, as printed."""
+    return re.findall(r"test/acc\W+([0-9.]+)", output)[-1]  # plain or rich table
+
+
+def printed_path(label: str, output: str) -> Path:
+    """The path that `fit`'s summary prints after `label` (e.g. "Best checkpoint", "Run folder")."""
+    return Path(re.search(rf"{label}\s+(\S+)", output).group(1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+    """What `export` wrote for a checkpoint (the `exported` fixture): the ONNX model beside it, and what it printed."""
+
+    checkpoint: Path
+    model: Path
+    printed: str
+
+
+# --- Images of digits ---------------------------------------------------------------------------------------------
+
+
+def encoded(image: Any, format: str = "PNG") -> bytes:
+    """A PIL image as the bytes of an image file."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def drawing(seed: int, size: tuple[int, int] = (300, 260)) -> Any:
+    """A few random dark strokes on light paper: an image of 'a digit' that every test can tell apart."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    image = Image.new("L", size, 235)
+    points = [tuple(int(v) for v in rng.integers(30, min(size) - 30, size=2)) for _ in range(4)]
+    ImageDraw.Draw(image).line(points, fill=15, width=20)
+    return image
+
+
+def drawn_seven(size=(640, 480), offset=(380, 60), ink=20, paper=235, mode="L") -> Any:
+    """A thick, off-centre '7', dark ink on light paper."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new(mode, size, paper if mode == "L" else (paper,) * 3)
+    draw = ImageDraw.Draw(image)
+    x, y = offset
+    colour = ink if mode == "L" else (ink, ink // 2, ink)
+    draw.line([(x, y), (x + 180, y), (x + 70, y + 320)], fill=colour, width=28)
+    return image
+
+
+def strong_distortion() -> Any:
+    """The random distortion of configs/strong.yaml, the preset that distorts."""
+    import yaml
+
+    from mnist_lightning.data.augment import Distortion
+
+    data = yaml.safe_load((REPO_ROOT / "configs" / "strong.yaml").read_text())["data"]
+    return Distortion(**{name: value for name, value in data.items() if name in Distortion.__annotations__})
+
+
+@functools.cache
+def huge_png() -> bytes:
+    """A black PNG of 12000×12000 pixels (144 megapixels) in about 140 kB."""
+    from PIL import Image
+
+    return encoded(Image.new("L", (12_000, 12_000), 0))
+
+
+# --- Processes and files ------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def plain_checkpoint(step: int, size: int = 1000) -> dict:
+    """The smallest dict that passes for a checkpoint: a state_dict and a global_step."""
+    import torch
+
+    return {"state_dict": {"weight": torch.full((size,), float(step))}, "global_step": step}
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class CodeOnUnpickling:
+    """Unpickled, runs `touch path`: what a malicious checkpoint or pickle would do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+class FolderEvents:
+    """What happens to the files of one folder, as Linux's inotify reports it: which names were created or written
+    in place, and which were renamed into place. It sees every process, whatever opens the files."""
+
+    CREATE, MODIFY, CLOSE_WRITE, MOVED_TO, OVERFLOW = 0x100, 0x2, 0x8, 0x80, 0x4000
+
+    def __init__(self, folder: Path) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        mask = self.CREATE | self.MODIFY | self.CLOSE_WRITE | self.MOVED_TO
+        assert self.fd >= 0 and libc.inotify_add_watch(self.fd, os.fsencode(folder), mask) >= 0, os.strerror(
+            ctypes.get_errno()
+        )
+        self.events: list[tuple[int, str]] = []
+
+    def read(self) -> list[tuple[int, str]]:
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            offset = 0
+            while offset < len(data):
+                _, mask, _, length = struct.unpack_from("iIII", data, offset)
+                name = data[offset + 16 : offset + 16 + length].rstrip(b"\0").decode()
+                self.events.append((mask, name))
+                offset += 16 + length
+        assert not any(mask & self.OVERFLOW for mask, _ in self.events), "inotify lost events"
+        return self.events
+
+    def written_in_place(self, suffix: str = ".ckpt") -> set[str]:
+        written = self.CREATE | self.MODIFY | self.CLOSE_WRITE
+        return {name for mask, name in self.read() if mask & written and name.endswith(suffix)}
+
+    def renamed_into_place(self, suffix: str = ".ckpt") -> set[str]:
+        return {name for mask, name in self.read() if mask & self.MOVED_TO and name.endswith(suffix)}
+
+    def close(self) -> None:
+        os.close(self.fd)

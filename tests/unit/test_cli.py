@@ -1,0 +1,66 @@
+"""The command line's configuration, parsed and printed without running anything: defaults, presets, flags that do
+not parse, and the process-wide defaults it sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mnist_lightning.cli import cli_main
+from mnist_lightning.defaults import stop_probing_for_nvml_without_gpus
+from tests.helpers import REPO_ROOT, exits_non_zero_with_an_error
+
+
+def test_print_config_prints_yaml_with_the_overrides(synthetic_mnist: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--model.hidden_sizes=[800, 800]", "--data.batch_size=128", "--print_config"])
+    assert exit_info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["hidden_sizes"] == [800, 800] and config["data"]["batch_size"] == 128
+    assert config["trainer"]["max_epochs"] == 20 and config["checkpoint"]["monitor"] == "val/acc"
+    # The network's sizes come from the dataset, which is the checkpoint's or MNIST when none is named.
+    assert "input_size" not in config["model"] and "num_classes" not in config["model"]
+    assert config["data"]["dataset"] is None
+
+
+def test_the_seed_config_is_the_starting_point(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["fit", f"--config={REPO_ROOT / 'configs' / 'seed.yaml'}", "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    model, data = config["model"], config["data"]
+    assert model["hidden_sizes"] == [100] and model["lr"] == 0.001 and model["optimizer"] == "adam"
+    assert data["batch_size"] == 100 and config["trainer"]["max_epochs"] == 20
+    # Nothing the presets add is on.
+    assert (model["dropout"], model["weight_decay"], model["label_smoothing"]) == (0, 0, 0)
+    assert model["lr_schedule"] == "constant" and model["batch_norm"] is False
+    assert all(data[name] == 0 for name in ("rotation", "zoom", "shift", "elastic_alpha"))
+
+
+@pytest.mark.parametrize(
+    "bad_args",
+    [
+        ["fit", "--no_such_flag=1"],
+        ["fit", "--data.batch_size=many"],
+        ["fit", "--config=does-not-exist.yaml"],
+        ["fit", "--model.no_such_key=1"],
+        ["fit", "--config=missing.yaml"],
+        ["fit", f"--config={REPO_ROOT / 'pyproject.toml'}"],
+        ["fit", "--model.input_size=100"],  # set from the dataset: data.input_size
+        ["fit", "--model.num_classes=26"],
+    ],
+)
+def test_bad_flags_unknown_keys_and_bad_config_files_exit_non_zero(
+    bad_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    exits_non_zero_with_an_error(capsys, cli_main, bad_args)
+
+
+def test_without_gpus_torch_stops_probing_for_nvml_on_every_optimizer_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # what importing Lightning does
+    gpus = torch.cuda.device_count()
+    stop_probing_for_nvml_without_gpus()
+    assert ("PYTORCH_NVML_BASED_CUDA_CHECK" in os.environ) == (gpus > 0)
