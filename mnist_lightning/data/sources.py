@@ -136,10 +136,10 @@ def _fetch_missing(spec: DatasetSpec, raw: Path, missing: list[str]) -> None:
             return
     finally:
         shutil.rmtree(staging_parent, ignore_errors=True)
-    tried = "\n".join(f"  {i}. {failure}" for i, failure in enumerate(failures, 1))
+    tried = "; ".join(f"({i}) {failure}" for i, failure in enumerate(failures, 1))
     raise DataError(
-        f"Could not obtain {spec.name}. Sources tried:\n{tried}\n"
-        f"Put the four uncompressed files ({', '.join(IDX_FILES)}) into {raw} by hand and run again."
+        f"could not obtain {spec.name}, tried {tried}: put the four uncompressed files ({', '.join(IDX_FILES)}) "
+        f"into {raw} by hand and run again"
     )
 
 

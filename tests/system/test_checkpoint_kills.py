@@ -168,8 +168,10 @@ def test_a_fit_over_the_file_size_limit_stops_with_one_line_and_keeps_last_ckpt(
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     resume = ["fit", f"--config={run / 'config.yaml'}", f"--ckpt_path={run}/checkpoints/last.ckpt"]
+    resume += ["--trainer.enable_progress_bar=true", "--progress_bar.refresh_rate=1"]  # a bar mid-line when it fails
     output = run_cli(synthetic_dir, killed_fit, *resume, returncode=2, preexec_fn=limit_file_size)
     assert "Traceback" not in output
+    assert "it/s" in output and not re.search(r"[^\n]error: ", output), "the error line starts on a line of its own"
     expected = (
         r"error: could not write (\S+\.ckpt) \(File too large\): raise the file size limit \(ulimit -f\) or save the "
         r"run elsewhere with --trainer\.default_root_dir DIR; nothing that was there before was changed"
