@@ -113,15 +113,21 @@ def test_a_hard_requeue_resumes_from_the_last_checkpoint_to_the_same_epoch_count
     assert_finished_as_uninterrupted(run_folder_of(tmp_path, job), 4, STEPS_PER_EPOCH)
 
 
-def test_a_two_task_sweep_array_shares_one_study_and_reaches_n_trials(
+def test_a_two_task_sweep_array_shares_one_study_reaches_n_trials_and_a_preempted_worker_rejoins(
     cluster: SlurmCluster, synthetic_dir: Path, tmp_path: Path
 ) -> None:
     sweep = write_sweep(tmp_path, n_trials=4, search_space={"model.lr": {"low": 0.001, "high": 0.01, "log": True}})
     script = str(REPO_ROOT / "slurm" / "sweep.sbatch")
-    # One CPU each, so that both tasks run at once on this 2-core node.
+    # One CPU each, so that both tasks run at once on this 2-core node; trials of a few seconds (200 steps an epoch).
     args = ["--array=0-1", "--cpus-per-task=1", script, "--config", str(sweep), f"--data.data_dir={synthetic_dir}"]
-    job = cluster.sbatch(args, cwd=tmp_path)
+    job = cluster.sbatch([*args, "--data.batch_size=5", "--trainer.max_epochs=3"], cwd=tmp_path)
+    first = tmp_path / f"slurm-mnist-sweep-{job}_0.out"
+    wait_until(lambda: first.is_file() and "Study sweep" in first.read_text())
+    time.sleep(2)  # in its first trial
+    assert cluster.run(["scancel", "--signal=USR1", f"{job}_0"]).returncode == 0
     assert cluster.wait(job, timeout=300) == "COMPLETED", output_of(tmp_path, job)[-3000:]
+    assert cluster.job_info(f"{job}_0")["Restarts"] == "1", "the preempted worker requeued itself and rejoined"
+    assert f"job {job}_0 is requeued" in first.read_text()
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "lightning_logs" / "sweep" / "optuna-journal.log"))
     )
@@ -129,4 +135,7 @@ def test_a_two_task_sweep_array_shares_one_study_and_reaches_n_trials(
     counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert 4 <= len(counted) <= 5  # one over at most, when both tasks start the last trial at the same moment
     assert len({t.params["model.lr"] for t in counted}) == len(counted)  # no parameter set twice
-    assert len({t.user_attrs["worker"]["pid"] for t in counted}) == 2  # both tasks worked on the study
+    (stopped,) = [t for t in trials if t.state == TrialState.FAIL]
+    (retried,) = [t for t in counted if t.user_attrs.get("retry_of") == stopped.number]
+    assert retried.params == stopped.params
+    assert len({t.user_attrs["worker"]["pid"] for t in counted}) >= 2  # both tasks worked on the study

@@ -88,3 +88,13 @@ def test_label_smoothing_is_the_training_loss() -> None:
     loss = model.training_step((images, labels), 0)
     torch.testing.assert_close(loss, F.cross_entropy(model(images), labels, label_smoothing=0.1))
     assert not torch.allclose(loss, F.cross_entropy(model(images), labels))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "eps"), [(torch.float32, 1e-8), (torch.float64, 1e-8), (torch.bfloat16, 1e-8), (torch.float16, 6.1e-5)]
+)
+def test_adams_epsilon_does_not_round_to_zero_in_the_weights_dtype(dtype: torch.dtype, eps: float) -> None:
+    """In float16 (`--trainer.precision 16-true`) Adam's default epsilon of 1e-8 is 0, and the loss became nan."""
+    optimizer = MNISTClassifier(hidden_sizes=[8]).to(dtype).configure_optimizers()["optimizer"]
+    assert optimizer.defaults["eps"] == pytest.approx(eps, rel=0.01)
+    assert torch.tensor(optimizer.defaults["eps"], dtype=dtype) > 0
