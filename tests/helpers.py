@@ -395,3 +395,135 @@ class FolderEvents:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+# --- Files a process cannot read, `serve` processes, signal handlers ------------------------------------------------
+
+# linux/capability.h: what lets root read and write any file whatever its mode, and listen on ports below 1024.
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_NET_BIND_SERVICE = 1, 2, 10
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _capabilities(effective: int | None = None) -> int:
+    """This thread's effective capabilities (the first 32), after setting them to `effective` if given."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()  # _LINUX_CAPABILITY_VERSION_3; pid 0: this thread
+    assert libc.capget(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
+    if effective is not None:
+        data[0].effective = effective
+        assert libc.capset(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
+    return data[0].effective
+
+
+@contextlib.contextmanager
+def as_a_user() -> Iterator[None]:
+    """File modes and privileged ports bind this thread while the block runs, as they bind a user: when the tests run
+    as root, the thread lacks the capabilities that let root read and write any file whatever its mode and listen on
+    a port below 1024 (and gets them back afterwards)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    before = _capabilities()
+    _capabilities(before & ~(1 << CAP_DAC_OVERRIDE | 1 << CAP_DAC_READ_SEARCH | 1 << CAP_NET_BIND_SERVICE))
+    try:
+        yield
+    finally:
+        _capabilities(before)
+
+
+@contextlib.contextmanager
+def unreadable(path: Path) -> Iterator[None]:
+    """`path` (a file) cannot be read by this thread while the block runs, as another user's private file cannot:
+    mode 000, and `as_a_user`. Its mode comes back afterwards."""
+    mode = path.stat().st_mode
+    path.chmod(0)
+    try:
+        with as_a_user():
+            try:
+                path.open("rb").close()
+            except PermissionError:
+                pass
+            else:
+                raise AssertionError(f"{path} is still readable: this test cannot make a file unreadable here")
+            yield
+    finally:
+        path.chmod(mode)
+
+
+@contextlib.contextmanager
+def read_only_folder(folder: Path) -> Iterator[None]:
+    """`folder` cannot be written by this thread while the block runs: mode 555, and `as_a_user`."""
+    mode = folder.stat().st_mode
+    folder.chmod(0o555)
+    try:
+        with as_a_user():
+            writable = os.access(folder, os.W_OK, effective_ids=True)
+            assert not writable, f"{folder} is still writable: this test cannot prevent writes here"
+            yield
+    finally:
+        folder.chmod(mode)
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (Linux's /proc/PID/status, SigCgt)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.MULTILINE).group(1), 16)
+    return bool(caught >> (signum - 1) & 1)
+
+
+class ServeProcess:
+    """`python -m mnist_lightning serve ARGS` in a fresh process, its stdout and stderr collected line by line (so
+    that it never blocks on a full pipe)."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        import threading
+
+        command = [sys.executable, "-m", "mnist_lightning", "serve", *args]
+        self.process = subprocess.Popen(
+            command, env=env or subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 180) -> str:
+        """Wait until a line holds `text`, and return that line; fail if the process ends first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = next((line for line in list(self.lines) if text in line), None)
+            if found is not None:
+                return found
+            assert self.process.poll() is None, f"serve ended ({self.process.returncode}):\n{self.log[-3000:]}"
+            assert time.monotonic() < deadline, f"no {text!r} from serve in {timeout} s:\n{self.log[-3000:]}"
+            time.sleep(0.05)
+
+    def url(self, timeout: float = 180) -> str:
+        """The base URL, once uvicorn listens."""
+        return re.search(r"Uvicorn running on (http://\S+)", self.wait_for("Uvicorn running on", timeout)).group(1)
+
+    def stop(self, signum: int = 15, timeout: float = 60) -> int:
+        """Send `signum` (default SIGTERM) and return the exit status; the whole log is complete afterwards."""
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        try:
+            returncode = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        self._reader.join(timeout=10)
+        return returncode

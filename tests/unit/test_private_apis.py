@@ -70,7 +70,7 @@ def test_lightnings_sigterm_flag_is_what_its_loops_read() -> None:
     assert trainer.received_sigterm is False
     trainer._signal_connector.received_sigterm = True
     assert trainer.received_sigterm is True
-    assert "self.trainer.received_sigterm" in inspect.getsource(training_epoch_loop._TrainingEpochLoop.advance)
+    assert "self.trainer.received_sigterm" in inspect.getsource(training_epoch_loop._TrainingEpochLoop.on_advance_end)
     assert "trainer.received_sigterm" in inspect.getsource(evaluation_loop._EvaluationLoop._evaluation_step)
 
 

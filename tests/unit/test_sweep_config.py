@@ -42,3 +42,9 @@ def test_an_unreachable_storage_is_a_one_line_error(workdir: Path, capsys: pytes
         capsys, f"--config={write_sweep(workdir)}", f"--storage=postgresql://postgres@127.0.0.1:{port}/x"
     )
     assert f"@127.0.0.1:{port}/x cannot be reached" in line and "start the database server" in line
+    # A password in the URL is never printed.
+    line = sweep_error(
+        capsys, f"--config={write_sweep(workdir)}", f"--storage=postgresql://me:secret@127.0.0.1:{port}/x"
+    )
+    assert "secret" not in line and f"me:***@127.0.0.1:{port}/x cannot be reached" in line
+    assert not (workdir / "lightning_logs").exists()

@@ -12,12 +12,14 @@ process died become FAIL, and the total stops at `n_trials` COMPLETE or PRUNED t
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import re
 import shlex
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 
@@ -25,9 +27,20 @@ from mnist_lightning import interrupts
 from mnist_lightning.cli import build_cli
 from mnist_lightning.errors import ArgumentError
 from mnist_lightning.runs.folders import runs_root
-from mnist_lightning.tools.sweep.config import SweepConfig, check_keys, read_sweep_config
+from mnist_lightning.tools.sweep.config import SweepConfig, check_keys, read_sweep_config, space_size
 from mnist_lightning.tools.sweep.report import report
-from mnist_lightning.tools.sweep.study import CLAIMED, JOURNAL_FILE, Sweep, database_url, open_study, reap_dead_trials
+from mnist_lightning.tools.sweep.study import (
+    CLAIMED,
+    JOURNAL_FILE,
+    STORAGE_HELP,
+    Sweep,
+    check_journal_path,
+    check_storage,
+    open_study,
+    reap_dead_trials,
+    shown_storage,
+    unwritable,
+)
 from mnist_lightning.tools.sweep.worker import run_workers, silence_sweep_noise
 
 COMMAND = "python -m mnist_lightning sweep"
@@ -46,7 +59,8 @@ def main(args: list[str]) -> None:
     for number in reap_dead_trials(study):
         print(f"trial {number} was left RUNNING by a process that is gone: marked FAIL, its parameters queued again")
     claimed = len(study.get_trials(deepcopy=False, states=CLAIMED))
-    print(f"Study {sweep.study_name}: {claimed} of {sweep.n_trials} trials done or running ({sweep.storage})")
+    storage = shown_storage(sweep.storage)
+    print(f"Study {sweep.study_name}: {claimed} of {sweep.n_trials} trials done or running ({storage})")
     failed_workers: list[str] = []
     if claimed < sweep.n_trials:
         # No more workers than trials to run: each would start one, and the extra ones would not run.
@@ -60,22 +74,62 @@ def main(args: list[str]) -> None:
         raise SystemExit(1)
 
 
+class SweepArgumentParser(argparse.ArgumentParser):
+    """The sweep's own flags; a mistake in them is one line (argparse would print its usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        if "required: --config" in message:
+            raise ArgumentError(
+                f"--config is required: name the sweep file, e.g. {COMMAND} --config configs/sweep.yaml"
+            )
+        message = re.sub(r"^argument (--\w+): ", r"\1: ", message)
+        raise ArgumentError(f"{message}; {COMMAND} --help lists the sweep's flags")
+
+
+def positive_integer(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+OWN_FLAGS = ("config", "study", "storage", "n_trials", "workers")
+# The top-level flags of `fit` (LightningCLI's and this project's), which no sweep flag's misspelling is taken for.
+FIT_FLAGS = ("seed_everything", "ckpt_path", "test_after_fit", "print_config", "optimizer", "lr_scheduler")
+
+
 def parse_sweep(args: list[str]) -> Sweep:
-    """The sweep's own flags; every other flag is a fit override, checked by LightningCLI before any trial runs."""
-    parser = argparse.ArgumentParser(
-        prog="python -m mnist_lightning sweep",
+    """The sweep's own flags; every other flag is a fit override, checked by LightningCLI before any trial runs.
+    Nothing is written until everything has been checked."""
+    parser = SweepArgumentParser(
+        prog=COMMAND,
         allow_abbrev=False,
-        description="Search hyperparameters with Optuna; any --model.*, --data.*, --trainer.* flag reaches every "
-        "trial.",
+        description="Search hyperparameters with Optuna, each trial a fit. Every other flag (--model.*, --data.*, "
+        "--trainer.*, ...) reaches every trial: python -m mnist_lightning fit --help lists them. docs/sweeps.md "
+        "says more.",
     )
     parser.add_argument("--config", required=True, type=Path, help="the sweep file, e.g. configs/sweep.yaml")
     parser.add_argument("--study", help="study name (default: the sweep file's name)")
-    parser.add_argument("--storage", help="postgresql://USER@HOST/DB (default: a journal file in the study folder)")
-    parser.add_argument("--n_trials", type=int, help="COMPLETE + PRUNED trials to reach (default: the sweep file's)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    parser.add_argument(
+        "--storage",
+        help="postgresql://USER:PASSWORD@HOST/DB, shared by machines, or a journal file's path (default: "
+        f"lightning_logs/<study>/{JOURNAL_FILE})",
+    )
+    parser.add_argument(
+        "--n_trials", type=positive_integer, help="COMPLETE + PRUNED trials to reach (default: the sweep file's)"
+    )
+    parser.add_argument(
+        "--workers", type=positive_integer, default=1, help="worker processes on this machine (default 1)"
+    )
     own, overrides = parser.parse_known_args(args)
-    if own.workers < 1 or (own.n_trials is not None and own.n_trials < 1):
-        raise ArgumentError("--workers and --n_trials must be positive integers")
+    refuse_misspelt_sweep_flags(overrides)
+    if own.study is not None and (not own.study or "/" in own.study or own.study.startswith(".")):
+        raise ArgumentError(f"--study {own.study!r}: a study name must be a plain folder name, e.g. --study wide")
+    if own.storage is not None and not own.storage.strip():
+        raise ArgumentError(f"--storage is empty: {STORAGE_HELP}")
     config = read_sweep_config(own.config)
     searched = {p.key for p in config.space}
     for flag in overrides:
@@ -84,22 +138,65 @@ def parse_sweep(args: list[str]) -> Sweep:
             raise ArgumentError(
                 f"--{key} is searched by {own.config}: drop the flag, or remove {key} from search_space"
             )
+        if flag.startswith("--") and key == "ckpt_path":
+            raise ArgumentError(CKPT_PATH_REFUSED)
     fit_args = ("fit", f"--config={config.fit}", *overrides)
     logs_root, fixed = check_fit_args(fit_args, config)
+    n_trials = own.n_trials or config.n_trials
+    size = space_size(config.space)
+    if size is not None and size < n_trials:
+        raise ArgumentError(
+            f"n_trials {n_trials} is more than the {size} different parameter sets that search_space in "
+            f"{own.config} holds: lower --n_trials to {size}, or widen the search space"
+        )
     study_name = own.study or own.config.stem
-    if not study_name or "/" in study_name or study_name.startswith("."):
-        raise ArgumentError(f"--study {study_name!r}: a study name must be a plain folder name")
+    if study_name.startswith("."):  # a sweep file named `.yaml`
+        raise ArgumentError(
+            f"study name {study_name!r}, the sweep file's name, would be a hidden folder: pass --study NAME"
+        )
     folder = logs_root / study_name
+    problem = unwritable(folder)
+    if problem:
+        raise ArgumentError(
+            f"the study's folder {folder} cannot be written: {problem}, or run the sweep elsewhere with "
+            "--trainer.default_root_dir DIR"
+        )
+    storage = str(folder / JOURNAL_FILE) if own.storage is None else check_storage(own.storage)
+    if "://" not in storage:
+        check_journal_path(Path(storage))
     return Sweep(
         config=config,
         study_name=study_name,
-        storage=database_url(own.storage) if own.storage else str(folder / JOURNAL_FILE),
-        n_trials=own.n_trials or config.n_trials,
+        storage=storage,
+        n_trials=n_trials,
         workers=own.workers,
         fit_args=fit_args,
         fixed=fixed,
         folder=folder,
     )
+
+
+CKPT_PATH_REFUSED = (
+    "ckpt_path: every trial of a sweep trains from scratch (a checkpoint's network would replace the searched "
+    "values): drop --ckpt_path, or ckpt_path from the fit config"
+)
+
+
+def refuse_misspelt_sweep_flags(overrides: list[str]) -> None:
+    """A flag that is not a fit setting but close to one of the sweep's own (--worker, --n_trial, --storge) is a
+    misspelling of it, not a fit override for LightningCLI to call unknown."""
+    for flag in overrides:
+        if not flag.startswith("--"):
+            continue
+        key = flag.removeprefix("--").split("=", 1)[0]
+        if "." in key or key in FIT_FLAGS or key in OWN_FLAGS:
+            continue
+        close = difflib.get_close_matches(key.replace("-", "_"), OWN_FLAGS, n=1, cutoff=0.75)
+        if close:
+            raise ArgumentError(
+                f"unknown flag --{key}: did you mean --{close[0]}? The sweep's own flags are "
+                f"{', '.join('--' + name for name in OWN_FLAGS)}"
+            )
 
 
 def check_fit_args(fit_args: tuple[str, ...], config: SweepConfig) -> tuple[Path, dict[str, Any]]:
@@ -108,7 +205,18 @@ def check_fit_args(fit_args: tuple[str, ...], config: SweepConfig) -> tuple[Path
     every trial shares (`fixed_settings`)."""
     check = build_cli(list(fit_args), parse_only=True)  # a mistake in them is a UserError of one line
     fit = check.config.fit
-    check_keys(config.space, [f"{section}.{key}" for section in ("model", "data") for key in fit[section].as_dict()])
+    if fit.get("ckpt_path") is not None:
+        raise ArgumentError(CKPT_PATH_REFUSED)
+    searched = {p.key for p in config.space}
+    if fit.trainer.max_epochs == 0 and "trainer.max_epochs" not in searched:
+        raise ArgumentError("--trainer.max_epochs 0: the trials would not train at all; give them an epoch or more")
+    no_validation = fit.trainer.limit_val_batches == 0 and "trainer.limit_val_batches" not in searched
+    if no_validation and config.metric.startswith("val/"):
+        raise ArgumentError(
+            f"--trainer.limit_val_batches 0: the trials would never validate, and {config.metric} (metric: in "
+            f"{config.path}) comes from validation; drop the flag"
+        )
+    check_keys(config.space, sorted(flatten(fit.as_dict())))
     rounds = max(len(p.extremes()) for p in config.space)
     for i in range(rounds):
         values = [p.flag(p.extremes()[min(i, len(p.extremes()) - 1)]) for p in config.space]
@@ -116,7 +224,7 @@ def check_fit_args(fit_args: tuple[str, ...], config: SweepConfig) -> tuple[Path
             check.parser.parse_args([*fit_args, *values])
         except argparse.ArgumentError as e:
             raise ArgumentError(f"search_space in {config.path}: {' '.join(str(e).split())}") from None
-    return runs_root(fit.trainer), fixed_settings(fit.as_dict(), {p.key for p in config.space})
+    return runs_root(fit.trainer), fixed_settings(fit.as_dict(), searched)
 
 
 # Settings that change where or how visibly a trial runs, not what it finds.
@@ -133,17 +241,26 @@ INCIDENTAL = (
 )
 
 
-def fixed_settings(fit: dict[str, Any], searched: set[str]) -> dict[str, Any]:
-    """Every setting of the trials' fit that the sweep does not search, as `{dotted key: value}` of plain data: what
-    the study records, so that a re-run with other settings is not mixed into it."""
+def flatten(settings: dict[str, Any]) -> dict[str, Any]:
+    """`{dotted key: value}` of a parsed fit config; a class with its arguments (`class_path`) is one value."""
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, dict) and "class_path" not in value:
             for key, inner in value.items():
                 walk(f"{prefix}.{key}" if prefix else key, inner)
-        elif prefix not in searched and not prefix.startswith(INCIDENTAL):
-            flat[prefix] = json.loads(json.dumps(value, default=str))
+        else:
+            flat[prefix] = value
 
-    walk("", fit)
+    walk("", settings)
     return flat
+
+
+def fixed_settings(fit: dict[str, Any], searched: set[str]) -> dict[str, Any]:
+    """Every setting of the trials' fit that the sweep does not search, as `{dotted key: value}` of plain data: what
+    the study records, so that a re-run with other settings is not mixed into it."""
+    return {
+        key: json.loads(json.dumps(value, default=str))
+        for key, value in flatten(fit).items()
+        if key not in searched and not key.startswith(INCIDENTAL)
+    }

@@ -18,6 +18,8 @@ from mnist_lightning.errors import ArgumentError
 from mnist_lightning.tools.sweep.sampler import TrialSeededSampler
 
 SECTIONS = ("fit", "metric", "direction", "n_trials", "sampler", "pruner", "search_space")
+FIT_SECTIONS = ("model", "data", "trainer", "seed_everything", "optimizer", "lr_scheduler", "ckpt_path")
+EXAMPLE = "(configs/sweep.yaml is an example)"
 DIRECTIONS = ("maximize", "minimize")
 # Optuna stores these as they are; anything else (a list of widths, say) is stored as its JSON text.
 PLAIN = (str, int, float, bool, type(None))
@@ -39,7 +41,7 @@ class Parameter:
         if self.choices is not None:
             return trial.suggest_categorical(self.key, self.choices)
         if isinstance(self.low, int) and isinstance(self.high, int):
-            return trial.suggest_int(self.key, self.low, self.high, step=int(self.step or 1), log=self.log)
+            return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
     def flag(self, value: Any) -> str:
@@ -100,25 +102,34 @@ def _construct(cls: type, arguments: dict[str, Any], section: str) -> Any:
 
 
 def read_sweep_config(path: Path) -> SweepConfig:
-    """Read and check a sweep file; every problem is one line that names it and its fix."""
-    if not path.is_file():
-        raise ArgumentError(f"--config {path}: no such sweep file (configs/sweep.yaml is an example)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ArgumentError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    """Read and check a sweep file; every problem is one line that names it and its fix. The sampler and the pruner
+    are built once here, so that a wrong argument of theirs stops the sweep before anything is written."""
+    raw = _read_yaml(path, f"--config {path}", "sweep file")
+    if raw is None:
+        raise ArgumentError(f"--config {path} is empty: a sweep file maps {', '.join(SECTIONS)} {EXAMPLE}")
     if not isinstance(raw, dict):
-        raise ArgumentError(f"{path} must be a mapping with the sections {', '.join(SECTIONS)}")
-    unknown = sorted(set(raw) - set(SECTIONS))
+        raise ArgumentError(f"--config {path} holds {held(raw)}, not a mapping of {', '.join(SECTIONS)} {EXAMPLE}")
+    fit_sections = sorted(set(raw) & set(FIT_SECTIONS))
+    if fit_sections and not set(raw) & {"fit", "search_space"}:
+        raise ArgumentError(
+            f"--config {path} is a fit config ({', '.join(fit_sections)}), not a sweep file: name it in a sweep file's "
+            f"`fit:` section {EXAMPLE}"
+        )
+    unknown = sorted(set(raw) - set(SECTIONS), key=str)
     if unknown:
-        raise ArgumentError(f"{path}: unknown section {unknown[0]!r}; the sections are {', '.join(SECTIONS)}")
+        close = difflib.get_close_matches(str(unknown[0]), SECTIONS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ArgumentError(f"{path}: unknown section {unknown[0]!r}: {hint}the sections are {', '.join(SECTIONS)}")
     if "fit" not in raw:
         raise ArgumentError(f"{path}: no `fit:` section: name the fit config the trials start from (fit: fast.yaml)")
+    metric = raw.get("metric", "val/acc_best")
+    if not isinstance(metric, str) or not metric.strip():
+        raise ArgumentError(f"{path}: metric must name a logged metric (val/acc_best, val/loss, ...), got {metric!r}")
     direction = raw.get("direction", "maximize")
     if direction not in DIRECTIONS:
         raise ArgumentError(f"{path}: direction must be maximize or minimize, got {direction!r}")
     n_trials = raw.get("n_trials", 20)
-    if not isinstance(n_trials, int) or n_trials < 1:
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ArgumentError(f"{path}: n_trials must be a positive integer, got {n_trials!r}")
     for section in ("sampler", "pruner"):
         if not isinstance(raw.get(section) or {}, dict):
@@ -126,24 +137,67 @@ def read_sweep_config(path: Path) -> SweepConfig:
     space = raw.get("search_space")
     if not isinstance(space, dict) or not space:
         raise ArgumentError(f"{path}: search_space must map dotted keys to ranges, e.g. model.lr: {{low: 1e-4, ...}}")
-    return SweepConfig(
+    config = SweepConfig(
         path=path,
         fit=_fit_config(path, raw["fit"]),
-        metric=str(raw.get("metric", "val/acc_best")),
+        metric=metric,
         direction=direction,
         n_trials=n_trials,
         sampler=dict(raw.get("sampler") or {}),
         pruner=dict(raw.get("pruner") or {}),
-        space=tuple(_parameter(key, spec) for key, spec in space.items()),
+        space=tuple(_parameter(str(key), spec) for key, spec in space.items()),
     )
+    config.make_sampler()
+    config.make_pruner()
+    return config
+
+
+def _read_yaml(path: Path, name: str, what: str, example: str = EXAMPLE) -> Any:
+    """The YAML in `path` (`name` is how messages call it), or one line that says why it cannot be read."""
+    if path.is_dir():
+        raise ArgumentError(f"{name} is a folder: pass a {what} {example}")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ArgumentError(f"{name}: no such {what} {example}") from None
+    except UnicodeDecodeError:
+        raise ArgumentError(f"{name} is not text (YAML): pass a {what} {example}") from None
+    except OSError as e:
+        raise ArgumentError(f"{name} cannot be read ({e.strerror}): make it readable") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        reason = f"{e.problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else " ".join(str(e).split())
+        raise ArgumentError(f"{name} is not valid YAML: {reason}") from None
+
+
+def held(value: Any) -> str:
+    """What a YAML file holds instead of a mapping, for a message."""
+    if value is None or value == {}:
+        return "nothing"
+    text = " ".join(repr(value).split())
+    return f"a {type(value).__name__}, {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 def _fit_config(path: Path, fit: Any) -> str:
     if isinstance(fit, dict):
         return yaml.safe_dump(fit, default_flow_style=True, width=10**6).strip()
-    fit_path = path.parent / str(fit)
-    if not fit_path.is_file():
-        raise ArgumentError(f"{path}: fit config {fit_path} does not exist (the path is relative to the sweep file)")
+    if not isinstance(fit, str) or not fit.strip():
+        raise ArgumentError(
+            f"{path}: fit must name the fit config the trials start from (a YAML file, relative to the sweep file) or "
+            f"be a mapping of its settings, got {fit!r}"
+        )
+    fit_path = path.parent / fit
+    name = f"{path}: fit config {fit_path}"
+    if not fit_path.exists() and not fit_path.is_symlink():
+        raise ArgumentError(f"{name} does not exist (the path is relative to the sweep file)")
+    settings = _read_yaml(fit_path, name, "fit config", "(configs/fast.yaml is one)")
+    if not isinstance(settings, dict) or not settings:
+        raise ArgumentError(
+            f"{name} holds {held(settings)}, not a mapping of fit settings (model: ..., data: ..., trainer: ...): "
+            "name a preset such as fast.yaml, or a run's config.yaml"
+        )
     return str(fit_path)
 
 
@@ -159,11 +213,18 @@ def _number(key: str, name: str, value: Any) -> float | int:
 def _parameter(key: str, spec: Any) -> Parameter:
     if not isinstance(spec, dict):
         raise ArgumentError(f"search_space {key}: give {{low: ..., high: ...}} or {{choices: [...]}}, got {spec!r}")
-    unknown = sorted(set(spec) - {"low", "high", "log", "step", "choices"})
+    fields = ("low", "high", "log", "step", "choices")
+    unknown = sorted(set(spec) - set(fields), key=str)
     if unknown:
-        raise ArgumentError(f"search_space {key}: unknown field {unknown[0]!r}; use low, high, log, step or choices")
+        close = difflib.get_close_matches(str(unknown[0]), fields, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ArgumentError(
+            f"search_space {key}: unknown field {unknown[0]!r}: {hint}use low, high, log, step or choices"
+        )
     if "choices" in spec:
         choices = spec["choices"]
+        if len(spec) > 1:
+            raise ArgumentError(f"search_space {key}: give either choices or a range (low, high, ...), not both")
         if not isinstance(choices, list) or not choices:
             raise ArgumentError(f"search_space {key}: choices is empty: list at least one value")
         plain = tuple(c if isinstance(c, PLAIN) else json.dumps(c) for c in choices)
@@ -174,24 +235,50 @@ def _parameter(key: str, spec: Any) -> Parameter:
         raise ArgumentError(f"search_space {key}: give both low and high (or choices)")
     low, high = _number(key, "low", spec["low"]), _number(key, "high", spec["high"])
     step = None if spec.get("step") is None else _number(key, "step", spec["step"])
-    log = bool(spec.get("log", False))
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ArgumentError(f"search_space {key}: log must be true or false, got {log!r}")
     if low > high:
         raise ArgumentError(f"search_space {key}: low {low} is above high {high}: swap them")
     if log and low <= 0:
         raise ArgumentError(f"search_space {key}: a log scale needs low above 0, got {low}")
     if log and step is not None:
         raise ArgumentError(f"search_space {key}: Optuna takes either log or step, not both: drop one")
+    if step is not None and step <= 0:
+        raise ArgumentError(f"search_space {key}: step must be above 0, got {step}")
+    if isinstance(low, int) and isinstance(high, int) and step is not None and not isinstance(step, int):
+        raise ArgumentError(
+            f"search_space {key}: an integer range (low {low}, high {high}) takes an integer step, got {step}: "
+            "make low or high a float (e.g. 1.0) for a range of floats"
+        )
     return Parameter(key, low=low, high=high, log=log, step=step)
 
 
+def space_size(space: Iterable[Parameter]) -> int | None:
+    """How many different parameter sets `space` holds, or None when it is not finite (a range of floats)."""
+    size = 1
+    for p in space:
+        if p.choices is not None:
+            size *= len(p.choices)
+        elif isinstance(p.low, int) and isinstance(p.high, int):
+            size *= (p.high - p.low) // int(p.step or 1) + 1
+        elif p.step is not None:
+            size *= int((p.high - p.low) / p.step + 1e-9) + 1
+        else:
+            return None
+    return size
+
+
 def check_keys(space: Iterable[Parameter], valid: list[str]) -> None:
-    """Refuse a searched key that is not a fit setting, naming the close ones and the valid ones."""
+    """Refuse a searched key that is not a fit setting, naming the close ones and the valid ones (those of the model
+    and the data; any other key of `valid`, e.g. trainer.max_epochs or seed_everything, is searchable too)."""
     for parameter in space:
-        if parameter.key in valid or parameter.key.startswith("trainer."):
-            continue  # trainer keys are checked by the parser with the values
+        if parameter.key in valid:
+            continue
         close = difflib.get_close_matches(parameter.key, valid, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
+        listed = [key for key in valid if key.startswith(("model.", "data."))]
         raise ArgumentError(
-            f"search_space key {parameter.key} is not a fit setting: {hint}valid keys are {', '.join(valid)}, "
-            "and trainer.* (e.g. trainer.max_epochs)"
+            f"search_space key {parameter.key} is not a fit setting: {hint}valid keys are {', '.join(listed)}, "
+            "seed_everything, and trainer.* (e.g. trainer.max_epochs)"
         )

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mnist_lightning.cli import build_cli
 from mnist_lightning.files import write_atomically, write_csv
-from mnist_lightning.tools.sweep.study import Sweep
+from mnist_lightning.tools.sweep.study import WORKER, Sweep, shown_storage
 
 matplotlib.use("Agg")  # the plots are written to files, never shown in a window
 
@@ -32,10 +32,13 @@ def report(study: optuna.Study, sweep: Sweep) -> None:
     header = list(rows[0]) if rows else ["trial"]
     write_csv(sweep.folder / SUMMARY_FILE, header, ([row[key] for key in header] for row in rows), ELSEWHERE)
     print("\n" + format_table(rows))
-    counts = {state.name: sum(t.state == state for t in trials) for state in TrialState if state != TrialState.WAITING}
+    counts = {state.name: sum(t.state == state for t in trials if ran(t)) for state in TrialState}
+    counts["queued"] = sum(t.state == TrialState.WAITING for t in trials)
     print(", ".join(f"{n} {name}" for name, n in counts.items() if n) or "no trials")
+    if counts["queued"]:
+        print(f"note: {counts['queued']} queued trials (retries of stopped ones) run first when the study continues")
     if best is not None:
-        print(f"Best trial        {best.number}: {sweep.config.metric} {best.value:.4f}  {params_text(best)}")
+        print(f"Best trial        {best.number}: {sweep.config.metric} {shown(best.value)}  {params_text(best)}")
         if test_acc is not None:
             print(f"  test accuracy   {test_acc:.4f}")
         print(f"  run folder      {sweep.trial_folder(best.number)}")
@@ -43,12 +46,21 @@ def report(study: optuna.Study, sweep: Sweep) -> None:
     for line in draw_plots(study, sweep.folder, complete):
         print(line)
     print(f"TensorBoard       tensorboard --logdir {sweep.folder}")
-    print(f"Dashboard         optuna-dashboard {sweep.storage}")
+    print(f"Dashboard         optuna-dashboard {shown_storage(sweep.storage)}")
 
 
 def shown(value: Any) -> str:
-    """A value as the printed table shows it: floats (learning rates) with 4 significant digits."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    """A value as the printed table shows it: floats (learning rates, metrics) with 4 significant digits, and those of
+    1,000 and above (seconds) in full. summary.csv keeps every digit."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.0f}" if 1000 <= abs(value) < 1e15 else f"{value:.4g}"
+
+
+def ran(trial: FrozenTrial) -> bool:
+    """Whether a trial ran a fit, or runs one: not a queued retry, nor a trial drawn and never run (surplus or
+    duplicate parameters)."""
+    return WORKER in trial.user_attrs or trial.state not in (TrialState.FAIL, TrialState.WAITING)
 
 
 def note(trial: FrozenTrial) -> str:
@@ -70,7 +82,10 @@ def test_best_trial(study: optuna.Study, sweep: Sweep, best: FrozenTrial) -> flo
         return recorded["test_acc"]
     checkpoint = best.user_attrs.get("checkpoint")
     config = sweep.trial_folder(best.number) / "config.yaml"
-    if not checkpoint or not Path(checkpoint).is_file() or not config.is_file():
+    if not checkpoint:
+        print(f"note: trial {best.number} kept no checkpoint (checkpointing is off): nothing to test")
+        return None
+    if not Path(checkpoint).is_file() or not config.is_file():
         host = best.user_attrs.get("worker", {}).get("host", "another machine")
         print(
             f"note: trial {best.number}'s best checkpoint is not on this machine but on {host}: test it there with "
@@ -94,15 +109,14 @@ def summary_rows(
 ) -> list[dict[str, Any]]:
     """One row per trial: number, state, parameters, metric, epochs run, seconds, the best one's test accuracy."""
     rows = []
-    for trial in trials:
-        if trial.user_attrs.get("worker") is None and trial.state == TrialState.FAIL:
-            continue  # a surplus trial that never ran
+    for trial in filter(ran, trials):
         row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name}
         row.update({p.key: trial.params.get(p.key, "") for p in sweep.config.space})
-        row[sweep.config.metric] = "" if trial.value is None else round(trial.value, 6)
+        row[sweep.config.metric] = "" if trial.value is None else trial.value
         row["epochs"] = trial.user_attrs.get("epochs", "")
         row["seconds"] = round(trial.duration.total_seconds(), 1) if trial.duration else ""
-        row["test/acc"] = round(test_acc, 6) if best is not None and trial.number == best.number and test_acc else ""
+        tested = best is not None and trial.number == best.number and test_acc is not None
+        row["test/acc"] = test_acc if tested else ""
         row["note"] = note(trial)
         rows.append(row)
     return rows

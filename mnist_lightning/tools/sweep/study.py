@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 import socket
 import time
 import warnings
@@ -15,11 +17,11 @@ from typing import Any
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_lightning.errors import ArgumentError
-from mnist_lightning.files import is_running
+from mnist_lightning.files import FIXES, WriteError, is_running
 from mnist_lightning.tools.sweep.config import SweepConfig
 
 JOURNAL_FILE = "optuna-journal.log"
@@ -28,6 +30,9 @@ HEARTBEAT_INTERVAL, GRACE_PERIOD = 10, 60
 STORAGE_ATTEMPTS = 3
 MAX_RETRIES = 2  # a parameter set whose trials die three times is not tried again
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+# Trial user attributes: the process that drew the trial (its first act, so that a kill at any later moment leaves
+# a trial the next run can tell is dead), and the same once the trial runs a fit (surplus and duplicate trials don't).
+PROCESS, WORKER = "process", "worker"
 HOST = socket.gethostname()
 
 
@@ -48,12 +53,185 @@ class Sweep:
         return self.folder / f"trial_{number:04d}"
 
 
+STORAGE_HELP = (
+    "pass postgresql://USER:PASSWORD@HOST/DB (a database that several machines share), or the path of a journal file "
+    f"(by default lightning_logs/<study>/{JOURNAL_FILE})"
+)
+NOT_A_JOURNAL = "pass a new path, or the journal of a sweep (lightning_logs/<study>/optuna-journal.log)"
+
+
+def check_storage(storage: str) -> str:
+    """`--storage` as the sweep uses it: a database URL with its driver, or a journal file's path; a URL that names
+    no database kind SQLAlchemy knows, or cannot be read, is refused here, before anything is written."""
+    if "://" not in storage:
+        if re.match(r"[A-Za-z][\w+.-]*:/", storage):
+            raise ArgumentError(f"--storage {storage} is not a database URL (scheme://...): {STORAGE_HELP}")
+        return storage
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError as URLError
+    from sqlalchemy.exc import NoSuchModuleError
+
+    url = database_url(storage)
+    try:
+        make_url(url).get_dialect()
+    except NoSuchModuleError:
+        kind = url.split("://", 1)[0]
+        raise ArgumentError(
+            f"--storage {shown_storage(storage)}: no database of kind {kind!r}: {STORAGE_HELP}"
+        ) from None
+    except (URLError, ValueError) as e:
+        raise ArgumentError(f"--storage {shown_storage(storage)} is not a database URL ({e}): {STORAGE_HELP}") from None
+    return url
+
+
+def shown_storage(storage: str) -> str:
+    """The storage as messages show it: a URL without its password."""
+    if "://" not in storage:
+        return storage
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show only its kind
+        return storage.split("://", 1)[0] + "://..."
+
+
+def check_journal_path(path: Path) -> None:
+    """Refuse a journal path that is a folder, or whose folder cannot be written, before anything is written."""
+    if path.is_dir():
+        raise ArgumentError(f"journal {path} is a folder: {NOT_A_JOURNAL}")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK, effective_ids=True):
+        raise ArgumentError(
+            f"journal {path} cannot be written: it is read-only: make it writable (chmod u+rw), or pass --storage "
+            "with another path"
+        )
+    problem = unwritable(path.parent)
+    if problem:  # the journal's lock file goes beside it, even when the journal exists
+        raise ArgumentError(
+            f"journal {path} cannot be written: {problem}, or pass --storage with a path in a writable folder"
+        )
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be made in `folder` (or in the folders that would be made for it), with the fix; None when
+    they can."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, where a folder is needed: move it away"
+    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=True):
+        return f"the folder {existing} is read-only: make it writable"
+    return None
+
+
+class JournalFile(JournalFileBackend):
+    """Optuna's journal file, whose appends are whole lines or nothing.
+
+    Optuna appends a line per change. A write cut short (a full disk, a quota, the file size limit) would leave part
+    of a line, and the next append would run on from it: a line that is not JSON, after which Optuna reads nothing
+    (every later trial lost). Here a failed write is taken back, and a part of a line that an earlier writer left at
+    the end (Optuna ignores a last line without its newline) is removed before the next line is written after it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = JournalFileSymlinkLock(path)
+        try:
+            super().__init__(path, self.lock)  # creates an empty file where there is none
+        except OSError as e:
+            raise journal_write_error(path, e) from None
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode()
+        try:
+            self.lock.acquire()
+        except OSError as e:
+            raise journal_write_error(self.path, e) from None
+        try:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_APPEND)
+            try:
+                end = complete_lines_end(descriptor)
+                os.ftruncate(descriptor, end)
+                try:
+                    written = 0
+                    while written < len(data):
+                        written += os.write(descriptor, data[written:])
+                    os.fsync(descriptor)
+                except BaseException:
+                    os.ftruncate(descriptor, end)  # shrinking a file works on a full disk too
+                    raise
+            finally:
+                os.close(descriptor)
+        except OSError as e:
+            raise journal_write_error(self.path, e) from None
+        finally:
+            self.lock.release()
+
+
+def complete_lines_end(descriptor: int) -> int:
+    """The length of a file's complete lines: its size, less a last line without its newline."""
+    end = os.fstat(descriptor).st_size
+    while end > 0:
+        start = max(0, end - 4096)
+        chunk = os.pread(descriptor, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
+
+
+def journal_write_error(path: str, error: OSError) -> WriteError:
+    """A failed write of the journal as files.WriteError, with its fix."""
+    fix = f"{FIXES[error.errno]}, or " if error.errno in FIXES else ""
+    return WriteError(
+        f"could not write the journal {path} ({error.strerror}): {fix}pass --storage with another path; the "
+        "journal keeps every trial written before, as it was"
+    )
+
+
+def check_journal(path: Path) -> None:
+    """Refuse a file that is not an Optuna journal before anything is appended to it: every whole line one JSON
+    record of Optuna's (Optuna itself ignores a last line that is not, and would then write after it)."""
+    try:
+        with path.open("rb") as file:
+            for number, line in enumerate(file, start=1):
+                if not line.endswith(b"\n"):
+                    break  # a part of a line, left by a writer that was stopped: JournalFile removes it
+                try:
+                    record = json.loads(line)
+                except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+                    raise not_a_journal(path, f"line {number}: {type(e).__name__}: {e}") from None
+                if not isinstance(record, dict) or "op_code" not in record:
+                    raise not_a_journal(path, f"line {number} is not a record of Optuna's")
+    except FileNotFoundError:
+        pass  # a new study's journal
+    except OSError as e:
+        raise ArgumentError(f"journal {path} cannot be read ({e.strerror}): make it readable") from None
+
+
+def not_a_journal(path: Path | str, reason: str) -> ArgumentError:
+    return ArgumentError(
+        f"{path} is not an Optuna journal file, or is damaged ({' '.join(reason.split())[:120]}); it was left as it "
+        f"was: {NOT_A_JOURNAL}"
+    )
+
+
 def make_storage(url_or_path: str) -> BaseStorage:
     """RDB storage with heartbeats for a URL, else Optuna's journal file, safe for several processes on one machine
     (Optuna's FAQ advises against SQLite for parallel work)."""
     if "://" not in url_or_path:
-        Path(url_or_path).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(url_or_path))
+        try:
+            Path(url_or_path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise journal_write_error(url_or_path, e) from None
+        check_journal(Path(url_or_path))
+        backend = JournalFile(url_or_path)
+        try:
+            return JournalStorage(backend)  # reads the whole journal
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+            raise not_a_journal(url_or_path, f"{type(e).__name__}: {' '.join(str(e).split())[:100]}") from None
     for attempt in range(STORAGE_ATTEMPTS):
         try:
             with warnings.catch_warnings():
@@ -66,7 +244,7 @@ def make_storage(url_or_path: str) -> BaseStorage:
                 )
         except ImportError as e:
             raise ArgumentError(
-                f"--storage {url_or_path} needs a database driver that is not installed ({e}): "
+                f"--storage {shown_storage(url_or_path)} needs a database driver that is not installed ({e}): "
                 "pip install 'mnist-lightning[sweep]' installs psycopg2 for PostgreSQL"
             ) from None
         except Exception as e:  # SQLAlchemy's errors: a refused connection, a bad URL, a missing database
@@ -77,14 +255,18 @@ def make_storage(url_or_path: str) -> BaseStorage:
                 continue
             reason = " ".join(str(e).split("\n(Background")[0].split())
             raise ArgumentError(
-                f"--storage {url_or_path} cannot be reached ({reason[:300]}): start the database server or fix the URL"
+                f"--storage {shown_storage(url_or_path)} cannot be reached ({reason[:300]}): start the database "
+                "server or fix the URL"
             ) from None
     raise AssertionError("unreachable")
 
 
 def database_url(url: str) -> str:
     """`url` with the PostgreSQL driver that the sweep extra installs: SQLAlchemy 2.1 reads `postgresql://` as
-    psycopg 3, which is not installed with it, and psycopg2 still is."""
+    psycopg 3, which is not installed with it, and psycopg2 still is. (`postgres://`, which some hosts print, is
+    PostgreSQL too.)"""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
     if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
         return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
     return url
@@ -106,17 +288,17 @@ def open_study(sweep: Sweep, check_identity: bool = False) -> optuna.Study:
 
 def check_it_is_the_same_experiment(study: optuna.Study, sweep: Sweep) -> None:
     """Record what the study is (space, metric, the trials' fixed settings) when it is new; refuse to continue it
-    with anything else, naming the difference."""
+    with anything else, naming the difference. A study without a trial that ran to an end (only failed ones, say a
+    first trial stopped by a misspelt metric) takes the new settings: it holds nothing they would be mixed with."""
     identity = {**sweep.config.identity(), "fixed": sweep.fixed}
     saved = {key: study.user_attrs[key] for key in identity if key in study.user_attrs}
-    for key in identity.keys() - saved.keys():  # a new study (or one of an earlier version without "fixed")
-        study.set_user_attr(key, identity[key])
     new_name = "or pass --study NEW_NAME to start a new study"
-    for key in ("metric", "direction", "search_space"):
+    kept = study.get_trials(deepcopy=False, states=(*CLAIMED, TrialState.WAITING))
+    for key in ("metric", "direction", "search_space") if kept else ():
         if saved.get(key, identity[key]) != identity[key]:
             raise ArgumentError(
-                f"study {sweep.study_name} in {sweep.storage} was made with another {key} ({saved[key]}): restore "
-                f"{sweep.config.path}, {new_name}"
+                f"study {sweep.study_name} in {shown_storage(sweep.storage)} was made with another {key} "
+                f"({saved[key]}): restore {sweep.config.path}, {new_name}"
             )
     before, now = saved.get("fixed", sweep.fixed), sweep.fixed
     differences = [
@@ -124,11 +306,19 @@ def check_it_is_the_same_experiment(study: optuna.Study, sweep: Sweep) -> None:
         for key in sorted(set(before) | set(now))
         if before.get(key) != now.get(key)
     ]
-    if differences:
+    if differences and kept:
         raise ArgumentError(
             f"study {sweep.study_name} was made with other fixed settings ({'; '.join(differences)}): its trials "
             f"and these would be two experiments; pass the same flags, {new_name}"
         )
+    if sweep.config.direction != study.direction.name.lower():  # Optuna cannot change a study's direction
+        raise ArgumentError(
+            f"study {sweep.study_name} {study.direction.name.lower()}s its metric, and {sweep.config.path} says "
+            f"{sweep.config.direction}: restore it, {new_name}"
+        )
+    for key in identity:  # a new study, one of an earlier version without "fixed", or one without finished trials
+        if saved.get(key) != identity[key]:
+            study.set_user_attr(key, identity[key])
 
 
 def reap_dead_trials(study: optuna.Study) -> list[int]:
@@ -141,7 +331,7 @@ def reap_dead_trials(study: optuna.Study) -> list[int]:
     """
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker")
+        worker = trial.user_attrs.get(PROCESS) or trial.user_attrs.get("worker")  # "worker": studies of before
         if not worker or worker["host"] != HOST or is_running(worker["pid"], worker.get("started")):
             continue
         try:

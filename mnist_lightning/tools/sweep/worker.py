@@ -3,6 +3,8 @@ pruned by Optuna, with Ctrl-C and dead workers leaving the study consistent."""
 
 from __future__ import annotations
 
+import difflib
+import json
 import logging
 import multiprocessing
 import os
@@ -22,8 +24,17 @@ from mnist_lightning.cli import build_cli
 from mnist_lightning.defaults import silence_third_party_noise
 from mnist_lightning.errors import ArgumentError, TrainingDiverged, UserError, one_line_errors
 from mnist_lightning.files import process_start
-from mnist_lightning.tools.sweep.report import note, params_text
-from mnist_lightning.tools.sweep.study import CLAIMED, HOST, Sweep, open_study, reap_dead_trials, retry
+from mnist_lightning.tools.sweep.report import note, params_text, shown
+from mnist_lightning.tools.sweep.study import (
+    CLAIMED,
+    HOST,
+    PROCESS,
+    WORKER,
+    Sweep,
+    open_study,
+    reap_dead_trials,
+    retry,
+)
 
 
 def silence_sweep_noise() -> None:
@@ -103,12 +114,13 @@ def run_worker(sweep: Sweep, index: int) -> None:
             ],
         )
     except KeyboardInterrupt:
-        if objective.running is not None:  # Optuna has made it FAIL: its parameters are tried again
+        if objective.running is not None:
             stopped = next(t for t in study.get_trials(deepcopy=False) if t.number == objective.running)
-            retry(study, stopped, "it was interrupted")
+            if stopped.state == TrialState.FAIL:  # Optuna made it FAIL (not one that ended before the signal)
+                retry(study, stopped, "it was interrupted")
         raise
     if limit.problem:
-        raise TrainingDiverged(limit.problem)
+        raise (TrainingDiverged if limit.failures else ArgumentError)(limit.problem)
 
 
 class SurplusTrial(Exception):
@@ -128,22 +140,30 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.running = None
+        process = {"host": HOST, "pid": os.getpid(), "started": process_start(os.getpid())}
+        trial.set_user_attr(PROCESS, process)  # first: a kill from here on leaves a trial the next run reaps
+        values = [p.suggest(trial) for p in self.sweep.config.space]  # a queued retry's: those it retries
         trials = [t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number]
         if sum(t.state in CLAIMED and t.number < trial.number for t in trials) >= self.sweep.n_trials:
             trial.study.stop()
             trial.set_user_attr("error", f"not run: the study already had {self.sweep.n_trials} trials")
+            if "retry_of" in trial.user_attrs:  # a queued retry stays queued, for a run with a larger --n_trials
+                trial.study.enqueue_trial(trial.params, user_attrs=retry_attributes(trial.user_attrs))
             raise SurplusTrial
-        values = [p.suggest(trial) for p in self.sweep.config.space]
         # Every trial that ran, runs or is queued; not those that never ran (surplus or duplicate ones).
-        tried = [t for t in trials if t.state != TrialState.FAIL or "worker" in t.user_attrs]
+        tried = [t for t in trials if t.state != TrialState.FAIL or WORKER in t.user_attrs]
         same = next((t.number for t in tried if t.params == trial.params), None)
         if same is not None and "retry_of" not in trial.user_attrs:
             trial.set_user_attr("error", f"not run: the parameters of trial {same}")
             raise DuplicateTrial
-        trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid(), "started": process_start(os.getpid())})
+        trial.set_user_attr(WORKER, process)
         self.running = trial.number
         flags = [p.flag(value) for p, value in zip(self.sweep.config.space, values, strict=True)]
-        progress = ["--trainer.enable_progress_bar=false"] if self.sweep.workers > 1 else []
+        # One line per trial: no model summary each time (unless the fit config asks for one with a ModelSummary
+        # callback, which Lightning refuses beside this flag), nor progress bars of several workers on one line.
+        summary = "ModelSummary" in json.dumps(self.sweep.fixed.get("trainer.callbacks"))
+        progress = [] if summary else ["--trainer.enable_model_summary=false"]
+        progress += ["--trainer.enable_progress_bar=false"] if self.sweep.workers > 1 else []
         # A pruned or stopped trial is not resumed: no last.ckpt of the moment it stopped.
         args = [
             *self.sweep.fit_args,
@@ -152,7 +172,7 @@ class Objective:
             "--test_after_fit=false",
             "--last_checkpoint.save_on_exception=false",
         ]
-        monitor = TrialMonitor(trial, monitor=self.sweep.config.metric)
+        monitor = TrialMonitor(trial, monitor=self.sweep.config.metric, sweep_file=self.sweep.config.path)
         try:
             # Its config.yaml is an ordinary fit config: `fit --config` on it reproduces the trial.
             cli = build_cli(
@@ -166,21 +186,36 @@ class Objective:
             trial.set_user_attr("error", str(e))
             raise
         metrics = cli.trainer.callback_metrics
-        if self.sweep.config.metric not in metrics:
-            raise ArgumentError(
-                f"metric {self.sweep.config.metric} of {self.sweep.config.path} was never logged; the logged metrics "
-                f"are {', '.join(sorted(metrics))}"
-            )
+        if self.sweep.config.metric not in metrics:  # no validation ran (--trainer.limit_val_batches 0, say)
+            raise never_logged(self.sweep.config.metric, metrics, self.sweep.config.path)
         return float(metrics[self.sweep.config.metric])
+
+
+def never_logged(metric: str, metrics: dict[str, Any], path: Path) -> ArgumentError:
+    if metric.startswith("val/") and not any(name.startswith("val/") for name in metrics):
+        return ArgumentError(
+            f"metric {metric} of {path} is not logged by the trials: they ran no validation; let them validate "
+            "(--trainer.check_val_every_n_epoch, --trainer.limit_val_batches)"
+        )
+    close = difflib.get_close_matches(metric, list(metrics), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return ArgumentError(
+        f"metric {metric} of {path} is not logged by the trials: {hint}the logged metrics are "
+        f"{', '.join(sorted(metrics)) or 'none (no validation ran)'}; correct metric: in {path}"
+    )
+
+
+def retry_attributes(user_attrs: dict[str, Any]) -> dict[str, Any]:
+    return {key: user_attrs[key] for key in ("retry_of", "attempt", "why") if key in user_attrs}
 
 
 class TrialMonitor(PyTorchLightningPruningCallback):
     """Optuna's pruning callback, which also puts the trial's values in TensorBoard's HPARAMS tab and notes in the
     trial the epochs it ran and its best checkpoint."""
 
-    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+    def __init__(self, trial: optuna.Trial, monitor: str, sweep_file: Path) -> None:
         super().__init__(trial, monitor)
-        self.trial, self.monitor_name, self.epochs = trial, monitor, 0
+        self.trial, self.monitor_name, self.sweep_file, self.epochs = trial, monitor, sweep_file, 0
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         super().on_fit_start(trainer, pl_module)
@@ -190,6 +225,13 @@ class TrialMonitor(PyTorchLightningPruningCallback):
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.sanity_checking:
             self.epochs = trainer.current_epoch + 1
+            metrics = trainer.callback_metrics
+            if self.monitor_name not in metrics:
+                # By the second epoch's validation, the first epoch has logged all its metrics (the training ones
+                # after its validation): a metric still missing is misspelt; stop there, not after a whole trial.
+                if trainer.current_epoch >= 1:
+                    raise never_logged(self.monitor_name, metrics, self.sweep_file)
+                return  # (Optuna's callback would warn that it cannot prune on it)
         super().on_validation_end(trainer, pl_module)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
@@ -213,11 +255,11 @@ class TrialPrinter:
         self.prefix = prefix
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if "worker" not in trial.user_attrs:  # a surplus trial, never run
+        if WORKER not in trial.user_attrs:  # a surplus or duplicate trial, never run
             return
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
         values = params_text(trial)
-        outcome = f"{self.sweep.config.metric}={trial.value:.4f}" if trial.value is not None else ""
+        outcome = f"{self.sweep.config.metric}={shown(trial.value)}" if trial.value is not None else ""
         epochs = trial.user_attrs.get("epochs", 0)
         parts = [f"{self.prefix}trial {trial.number}", trial.state.name, outcome, f"{epochs} epochs {seconds:.0f} s"]
         parts += [values, note(trial)]
