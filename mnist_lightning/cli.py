@@ -32,10 +32,10 @@ from mnist_lightning.data.module import MNISTDataModule
 from mnist_lightning.datasets import DEFAULT_DATASET
 from mnist_lightning.defaults import NullProfiler, silence_third_party_noise, stop_probing_for_nvml_without_gpus
 from mnist_lightning.errors import DEBUG_VARIABLE, ArgumentError, CheckpointError, first_line, one_line_errors
+from mnist_lightning.flag_errors import parse_error
 from mnist_lightning.flags import (
     lightnings_refusal,
     missing_package,
-    parse_error,
     reconcile_flags_with_defaults,
     refuse_unworkable_flags,
 )
@@ -144,8 +144,9 @@ class MNISTLightningCLI(LightningCLI):
             given = args if isinstance(args, list) else sys.argv[1:]
             subcommand = next((arg for arg in given if arg in self.subcommands()), "fit")
             defaults = self._parser(subcommand).get_defaults()  # a private method: see instantiate_trainer
-            flags = [f"--{key}" for key in defaults.keys()]  # noqa: SIM118 (a Namespace iterates over its values)
-            raise parse_error(e, subcommand, flags, given) from None
+            flags = {f"--{key}": defaults[key] for key in defaults.keys()}  # noqa: SIM118 (a Namespace's values iterate)
+            command = f"python -m mnist_lightning {subcommand}"
+            raise parse_error(e, command, flags, given, settings_of=subcommand) from None
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return

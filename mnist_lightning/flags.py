@@ -3,9 +3,6 @@ one line that names the flag and the fix."""
 
 from __future__ import annotations
 
-import ast
-import difflib
-import itertools
 import re
 import traceback
 from pathlib import Path
@@ -90,64 +87,3 @@ def hint_for(message: str) -> str:
     if re.search(r"\bgpu\b|cuda|mps", message, re.IGNORECASE) and not torch.cuda.is_available():
         return "this machine has no GPU: use --trainer.accelerator cpu, or auto"
     return "a Trainer flag Lightning refused: `python -m mnist_lightning fit --help` lists each with its values"
-
-
-def parse_error(error: Exception, subcommand: str, flags: list[str], args: list[str]) -> ArgumentError:
-    """jsonargparse's complaint about the command line `args` or a config file, as one line with the fix.
-
-    `flags`: every flag of the subcommand (`--trainer.max_epochs`, ...), for the closest match to an unknown one.
-    """
-    message = str(error)
-    command = f"python -m mnist_lightning {subcommand} --help"
-    configs = [value for flag, value in itertools.pairwise(args) if flag in ("-c", "--config")]
-    configs += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
-    config = f"--config {configs[-1]}" if len(configs) == 1 else "a --config file"
-    if key := re.match(r'Parser key "([^"]+)":', message):
-        if key.group(1) == "config":
-            path = re.search(r"(File does not exist|Path is not a file): '([^']*)'", message)
-            if path:
-                what = "no such file" if path.group(1).startswith("File") else "a folder, not a YAML file"
-                return ArgumentError(f"--config {path.group(2)}: {what}")
-            return ArgumentError(f"--config: {first_line_after_key(message)}")
-        given = re.search(r"(?:Given value|Got value): (.*)", message)
-        kinds = re.findall(r"Expected an? (<class '\w+'>|typing\.Literal\[[^\]]*\]|dot import path)", message)
-        wanted = " or ".join(dict.fromkeys(describe(kind) for kind in kinds)) or first_line_after_key(message)
-        value = f" {given.group(1).strip()}" if given else ""
-        return ArgumentError(f"--{key.group(1)}{value}: expected {wanted} (`{command}` says what each flag takes)")
-    if unknown := re.match(r"[Uu]nrecognized arguments: (\S+)", message):
-        close = difflib.get_close_matches(unknown.group(1).split("=")[0], flags, n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        return ArgumentError(f"unknown flag {unknown.group(1)}: {hint}`{command}` lists every flag")
-    if unknown := re.search(r"does not accept option '([^']+)'", message):
-        close = difflib.get_close_matches(f"--{unknown.group(1)}", flags, n=1)
-        hint = f"did you mean {close[0].removeprefix('--')}? " if close else ""
-        return ArgumentError(
-            f"{config} sets {unknown.group(1)}, which {subcommand} does not have: {hint}`{command}` lists every setting"
-        )
-    if message.startswith("Problems parsing config"):
-        problem = " ".join(message.split()).removeprefix("Problems parsing config: ")
-        where = re.findall(r"line \d+, column \d+", problem)
-        reason = " ".join(re.sub(r'in "<unicode string>", line \d+, column \d+', "", problem).split())
-        return ArgumentError(f"{config} is not valid YAML: {reason}{' at ' + where[-1] if where else ''}")
-    if message.startswith("Unexpected config"):
-        text = " ".join(message.split(":", 1)[1].split())[:60]
-        holds = f"holds {text!r}" if text else "is empty"
-        return ArgumentError(f"{config} {holds}, not a YAML mapping of settings (model: ..., data: ..., ...)")
-    return ArgumentError(f"{' '.join(message.split())} (`{command}` lists every flag)")
-
-
-def first_line_after_key(message: str) -> str:
-    lines = [line.strip(" -") for line in message.splitlines()[1:] if line.strip(" -")]
-    return lines[0] if lines else message.split(":", 1)[-1].strip()
-
-
-def describe(kind: str) -> str:
-    """`<class 'int'>` → `an int`; `typing.Literal['adam', 'adamw']` → `one of adam, adamw`."""
-    if kind.startswith("typing.Literal"):
-        return "one of " + ", ".join(map(str, ast.literal_eval(kind.removeprefix("typing.Literal"))))
-    if kind == "dot import path":
-        return "a class (its name, or its import path)"
-    name = re.search(r"'(\w+)'", kind).group(1)
-    return {"NoneType": "null", "int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}.get(
-        name, f"a {name}"
-    )
