@@ -69,6 +69,33 @@ def write_atomically(target: Path, content: Content, elsewhere: str = "") -> Non
         ) from None
 
 
+def obstacle(folder: Path) -> tuple[Path, int] | None:
+    """What would stop a file being written in `folder` (or in the folders that would be made for it), as the path in
+    the way and the errno a write would fail with; None when nothing does. Checked with the effective ids, as the write
+    would be."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return existing, errno.ENOTDIR
+    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=True):
+        return existing, errno.EROFS if os.statvfs(existing).f_flag & os.ST_RDONLY else errno.EACCES
+    return None
+
+
+def check_writable(target: Path, elsewhere: str = "") -> None:
+    """Raise, before anything is written, the `WriteError` that `write_atomically(target, ...)` would raise because of
+    where `target` is (a folder in its place, a file in its path, a read-only folder or file system)."""
+    target = Path(target)
+    found = (target, errno.EISDIR) if target.is_dir() else obstacle(target.parent)
+    if found is not None:
+        code = found[1]
+        raise WriteError(
+            f"could not write {target} ({os.strerror(code)}): {FIXES[code]}{' ' + elsewhere if elsewhere else ''}; "
+            "nothing that was there before was changed"
+        )
+
+
 def _write_and_rename(target: Path, content: Content) -> None:
     temporary = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     # Created like any file (mode 0666 less the umask), where mkstemp would make it private to its owner.

@@ -3,6 +3,7 @@ several machines share), and the study's own records of what it is and which of 
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -21,7 +22,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_lightning.errors import ArgumentError
-from mnist_lightning.files import FIXES, WriteError, is_running
+from mnist_lightning.files import FIXES, WriteError, is_running, obstacle
 from mnist_lightning.tools.sweep.config import SweepConfig
 
 JOURNAL_FILE = "optuna-journal.log"
@@ -115,14 +116,13 @@ def check_journal_path(path: Path) -> None:
 def unwritable(folder: Path) -> str | None:
     """Why files cannot be made in `folder` (or in the folders that would be made for it), with the fix; None when
     they can."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, where a folder is needed: move it away"
-    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=True):
-        return f"the folder {existing} is read-only: make it writable"
-    return None
+    found = obstacle(folder)
+    if found is None:
+        return None
+    path, code = found
+    if code == errno.ENOTDIR:
+        return f"{path} is a file, where a folder is needed: move it away"
+    return f"the folder {path} is read-only: make it writable"
 
 
 class JournalFile(JournalFileBackend):
