@@ -100,6 +100,10 @@ def handled(requeue: Callable[[], str] | None = None, say: bool = True) -> Itera
         for signum in previous:
             signal.signal(signum, _handle)
         yield
+        # A stop signal whose exception a library swallowed (torch.onnx's exporter does): the block ran to its end,
+        # but the user asked it to stop. (SLURM's SIGUSR1 then needs no requeue: the work is done.)
+        if _State.received not in (None, signal.SIGUSR1) and _State.installed == 1:
+            raise Stopped(_State.received)
     except BaseException as e:
         # Whatever ends a block after a stop signal is its consequence: Lightning's SIGTERMException (a SystemExit
         # without a code), its sys.exit(1) after an interrupt it caught itself, or in a distributed run the error of
