@@ -133,9 +133,11 @@ def choose_run_folder(
             return RunFolder(root / (f"version_{version}" if isinstance(version, int) else str(version)))
         return RunFolder(claim_next_version(root)) if claim else None
     except OSError as e:
+        logger = folder_logger(trainer.logger)
+        flag = "logger.init_args.save_dir" if logger is not None and logger.init_args.save_dir else "default_root_dir"
         raise ArgumentError(
             f"log folder {root} cannot be made ({e.strerror}): {FIXES.get(e.errno, 'make it writable')}, or pass "
-            "--trainer.default_root_dir DIR for runs elsewhere"
+            f"--trainer.{flag} DIR for runs elsewhere"
         ) from None
 
 

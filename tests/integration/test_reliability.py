@@ -143,4 +143,5 @@ def test_an_unwritable_log_folder_gets_one_line(synthetic_mnist: Path, tmp_path:
     monkeypatch.chdir(tmp_path)
     args = ["fit", f"--data.data_dir={synthetic_mnist}", *TINY_RUN, f"--trainer.logger.init_args.save_dir={blocker}"]
     line = one_line_error(capsys, args)
-    assert "log folder" in line and "not writable" in line and "save_dir" in line
+    assert "log folder" in line and "a file stands where a folder is needed" in line
+    assert "--trainer.logger.init_args.save_dir DIR" in line
