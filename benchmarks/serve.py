@@ -12,6 +12,11 @@ through `predict` against one request to a running `serve`. Measured, never asse
 
     python benchmarks/serve.py --ckpt_path CKPT --model MODEL.onnx              # about 3 minutes
     python benchmarks/serve.py --ckpt_path CKPT --model MODEL.onnx --duration 3  # a quick look
+
+The machine's load average (`uptime`'s) before and after goes into the report beside the numbers, and the CPU time
+that other processes took while it ran (all the machine's busy time, from /proc/stat, less this benchmark's and its
+servers'): on a machine that other jobs share, the requests per second fall with it (72 against about 500 at 8
+clients on the same 2 cores).
 """
 
 from __future__ import annotations
@@ -134,8 +139,35 @@ def predict_once(ckpt_path: Path, image: bytes) -> float:
         return time.perf_counter() - start
 
 
+def load_average() -> list[float]:
+    """The machine's load average over 1, 5 and 15 minutes, as `uptime` prints it."""
+    return [round(load, 2) for load in os.getloadavg()]
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy since it started (every core; /proc/stat's first line, less idle
+    and I/O wait)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended (the servers, predict's process)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def markdown(results: dict) -> str:
-    lines = ["| runtime | clients | requests/s | p50 ms | p99 ms | failed |", "|---|---:|---:|---:|---:|---:|"]
+    load, others = results["load_average"], results["other_processes"]
+    lines = [
+        f"Load average (1, 5, 15 min) before: {', '.join(map(str, load['before']))}; after: "
+        f"{', '.join(map(str, load['after']))}; {os.cpu_count()} cores. Other processes took "
+        f"{others['cpu_seconds']:.0f} CPU-seconds of the {others['available_cpu_seconds']:.0f} the run lasted "
+        f"({others['share']:.0%}).",
+        "",
+        "| runtime | clients | requests/s | p50 ms | p99 ms | failed |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for row in results["serve"]:
         lines.append(
             f"| {row['runtime']} | {row['clients']} | {row['requests_per_second']:.0f} | {row['p50_ms']:.1f} "
@@ -165,7 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="folder for the JSON and Markdown")
     args = parser.parse_args(argv)
     image = drawn_seven()
-    results: dict = {"model_microseconds": model_microseconds(args.ckpt_path, args.model)}
+    results: dict = {"load_average": {"before": load_average()}}
+    started, busy, own = time.perf_counter(), busy_seconds(), own_seconds()
+    results["model_microseconds"] = model_microseconds(args.ckpt_path, args.model)
     servers = {
         "onnxruntime": Server("--model", str(args.model)),
         "torch": Server("--ckpt_path", str(args.ckpt_path), "--runtime", "torch"),
@@ -188,6 +222,14 @@ def main(argv: list[str] | None = None) -> dict:
         for server in servers.values():
             server.close()
     results["predict_seconds"] = predict_once(args.ckpt_path, image)
+    results["load_average"]["after"] = load_average()
+    available = (time.perf_counter() - started) * (os.cpu_count() or 1)
+    others = max(0.0, (busy_seconds() - busy) - (own_seconds() - own))
+    results["other_processes"] = {
+        "cpu_seconds": others,
+        "available_cpu_seconds": available,
+        "share": others / available,
+    }
     return write_report("serve", argv, results, markdown(results), args.output)
 
 

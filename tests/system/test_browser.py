@@ -1,5 +1,6 @@
 """The page of `serve` in a real headless browser (Debian's Chromium driven by Playwright): draw a digit stroke by
-stroke with the mouse, choose a photo, and read what the page shows."""
+stroke with the mouse, choose a photo (with the mouse or the keyboard), see an error clear the previous answer, and
+read what the page shows; the server's log shows no request for something it lacks (404)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.helpers import REAL_MODEL_VARIABLE
+from tests.helpers import REAL_MODEL_VARIABLE, Exported, ServeProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL = "apt-get install -y chromium chromium-driver"
@@ -21,6 +22,26 @@ INSTALL = "apt-get install -y chromium chromium-driver"
 SCREENSHOT_VARIABLE = "MNIST_LIGHTNING_TEST_SCREENSHOT"
 # A 7 in three strokes, in fractions of the drawing pad: the top bar, the long diagonal, a short crossbar.
 SEVEN = [[(0.28, 0.22), (0.72, 0.2)], [(0.72, 0.2), (0.6, 0.5), (0.46, 0.84)], [(0.48, 0.52), (0.74, 0.52)]]
+
+
+@pytest.fixture(scope="module")
+def served(exported: Exported):
+    """A `serve` of the module's own, whose log the tests read (the shared `server` keeps its log to itself); it must
+    never answer 500 or log a traceback."""
+    process = ServeProcess("--model", os.environ.get(REAL_MODEL_VARIABLE) or str(exported.model), "--port", "0")
+    try:
+        process.url()
+        yield process
+    finally:
+        process.stop()
+    server_errors = [line for line in process.lines if '" 500' in line or "Traceback" in line]
+    assert not server_errors, "the server answered 500 or raised:\n" + process.log[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(served: ServeProcess) -> str:
+    """The base URL of the module's own `serve` (in place of the shared one, so that every request is in its log)."""
+    return served.url()
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +140,82 @@ def test_a_chosen_photo_is_read_and_a_bad_file_explained(page, server: str) -> N
     page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}])
     page.wait_for_function("document.getElementById('status').textContent.includes('not an image')")
     assert page.inner_text("#status").startswith("notes.txt: not an image file")
+
+
+def test_the_file_chooser_is_reached_and_used_with_the_keyboard(page, server: str) -> None:
+    photo = Image.new("L", (300, 300), 230)
+    ImageDraw.Draw(photo).line([(90, 60), (210, 60), (130, 250)], fill=20, width=24)
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    page.focus("#clear")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "file", "Tab goes from Clear to the file chooser"
+    label = page.locator("label.file")
+    assert label.evaluate("(label) => getComputedStyle(label).outlineStyle") == "solid", "the focus shows"
+    assert label.evaluate("(label) => getComputedStyle(label).outlineWidth") == "3px"
+    assert page.locator("#file").get_attribute("aria-label") is None and "choose a photo" in label.inner_text()
+    page.evaluate("delete document.body.dataset.predictedStrokes")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(files=[{"name": "seven.png", "mimeType": "image/png", "buffer": buffer.getvalue()}])
+    page.wait_for_selector('body[data-predicted-strokes="0"]')
+    assert_page_shows(page, api_answer(server, buffer.getvalue()))
+    page.focus("#clear")
+    assert label.evaluate("(label) => getComputedStyle(label).outlineStyle") == "none", "only while it has the focus"
+
+
+def draw(page, stroke: list[tuple[float, float]]) -> None:
+    """One stroke of the mouse on the drawing pad, through points given as fractions of its size."""
+    box = page.locator("#pad").bounding_box()
+    (x, y), *rest = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in stroke]
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for x, y in rest:
+        page.mouse.move(x, y, steps=15)
+    page.mouse.up()
+
+
+def test_an_error_clears_the_previous_answer(page) -> None:
+    page.click("#clear")
+    draw(page, SEVEN[0])
+    page.wait_for_selector('body[data-predicted-strokes="1"]')
+    assert page.inner_text("#digit") != "?" and max(shown(page)["seen"]) > 200
+    page.route("**/predict", lambda route: route.abort())  # as when the server has stopped
+    try:
+        draw(page, SEVEN[1])
+        page.wait_for_function("document.getElementById('status').textContent !== ''")
+    finally:
+        page.unroute("**/predict")
+    assert page.inner_text("#status") == (
+        "drawing of 2 strokes: the server does not answer: is `python -m mnist_lightning serve` still running?"
+    )
+    cleared = page.evaluate(
+        """() => ({
+            digit: document.getElementById("digit").textContent,
+            confidence: document.getElementById("confidence").textContent,
+            bars: [...document.querySelectorAll("#bars li")].map((row) => Number(row.dataset.probability)),
+            best: document.querySelectorAll("#bars li.best").length,
+            seen: Math.max(...document.getElementById("seen").getContext("2d").getImageData(0, 0, 28, 28).data),
+        })"""
+    )
+    assert cleared == {"digit": "?", "confidence": "", "bars": [0] * 10, "best": 0, "seen": 0}
+
+
+def test_nothing_the_page_or_a_browser_asks_for_is_missing(page, served: ServeProcess, server: str) -> None:
+    """The page names its icon, which a browser then fetches; a browser shown a page that names none (/health, say)
+    asks for /favicon.ico instead, as headed browsers do for every site (headless Chromium does not). The server's
+    log shows no 404, for this or any request of the tests before."""
+    statuses: list[tuple[int, str]] = []
+    fresh = page.context.browser.new_page()
+    fresh.on("response", lambda response: statuses.append((response.status, response.url)))
+    try:
+        fresh.goto(server, wait_until="networkidle")
+        fresh.goto(f"{server}/health", wait_until="networkidle")
+        icon = fresh.request.get(f"{server}/favicon.ico")
+    finally:
+        fresh.close()
+    assert [status for status, _ in statuses if status >= 400] == [], statuses
+    assert (200, f"{server}/static/favicon.svg") in statuses, f"the page names its icon: {statuses}"
+    assert icon.status == 200 and icon.headers["content-type"] == "image/svg+xml"
+    not_found = [line for line in served.lines if '" 404' in line]
+    assert not_found == [], "".join(not_found)

@@ -142,8 +142,11 @@ def test_bad_input_gets_a_4xx_json_error_that_says_what_is_wrong(
 def test_the_page_and_its_files_come_from_the_package(client: httpx.Client) -> None:
     page = client.get("/")
     assert page.status_code == 200 and '<canvas id="pad"' in page.text
-    for asset in ("/static/app.js", "/static/style.css"):
+    for asset in ("/static/app.js", "/static/style.css", "/static/favicon.svg"):
         assert client.get(asset).status_code == 200
+    assert '<link rel="icon" href="/static/favicon.svg"' in page.text
+    icon = client.get("/favicon.ico")  # what a browser asks for on a page that names no icon (/health, say)
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
     assert "http" not in page.text.replace("http-equiv", ""), "no outside scripts, styles or fonts"
     missing = client.get("/nothing-here")
     assert missing.status_code == 404 and "POST /predict" in missing.json()["error"]

@@ -1,6 +1,6 @@
 """The web app of `serve`: the page, `POST /predict`, `GET /health`.
 
-- `GET /`: the page (served from the package: it works offline).
+- `GET /`: the page (served from the package: it works offline); `/static/...` its files, `/favicon.ico` its icon.
 - `POST /predict`: an image as the raw request body (`Content-Type: image/png`, `image/jpeg`, ...) or as the multipart
   field `file`; answers `{"digit", "label", "probabilities", "image"}`, where `image` is the digit the model saw
   (rows of 0-255 grey levels, of the model's image shape), prepared exactly as `predict --data.predict_path` prepares
@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Message
 
 from mnist_lightning.data.images import MAX_PIXELS, UnusableImage, prepare_digit
+from mnist_lightning.errors import UserError
 from mnist_lightning.tools.serving.predictors import Predictor
 
 STATIC = Path(__file__).parent / "static"
@@ -35,6 +36,12 @@ MAX_BYTES = 10 * 2**20
 def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> FastAPI:
     """The web app around `predictor`; uploads over `max_bytes` bytes or `max_pixels` pixels are refused."""
     # FastAPI's /docs and /redoc pages load their scripts from a CDN; this app serves nothing from outside.
+    missing = [name for name in ("index.html", "app.js", "style.css", "favicon.svg") if not (STATIC / name).is_file()]
+    if missing:  # a wheel built without the package data
+        raise UserError(
+            f"the page's files {', '.join(missing)} are missing from {STATIC}: this installation lacks them; "
+            "reinstall with `pip install -e '.[serve]'` from the repository"
+        )
     app = FastAPI(title="mnist_lightning", docs_url=None, redoc_url=None)
     # Preparing a large photo takes a few hundred MB for a moment: at most one per core at a time.
     workers = anyio.CapacityLimiter(os.cpu_count() or 1)
@@ -59,6 +66,11 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, max_pixels: int
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    # The page names its icon; a browser shown /health or an error asks for /favicon.ico all the same.
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def icon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -15,8 +15,11 @@ import numpy as np
 import torch
 from jsonargparse import ArgumentParser
 
+from mnist_lightning.datasets import DATASETS
 from mnist_lightning.errors import ArgumentError, UserError
-from mnist_lightning.files import write_atomically
+from mnist_lightning.files import check_writable, write_atomically
+from mnist_lightning.flag_errors import parse
+from mnist_lightning.tools.serving.native import signals_held
 from mnist_lightning.tools.serving.predictors import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -57,6 +60,7 @@ def parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="python -m mnist_lightning export",
         description="Write a checkpoint as an ONNX model, checked against the checkpoint on the official test set.",
+        exit_on_error=False,
     )
     parser.add_argument("--ckpt_path", type=Path, required=True, help="The checkpoint to export.")
     parser.add_argument(
@@ -73,16 +77,28 @@ def parser() -> ArgumentParser:
 
 
 def main(args: list[str]) -> None:
-    config = parser().parse_args(args)
+    config = parse(parser(), args)
     output = config.output or config.ckpt_path.with_suffix(".onnx")
-    if output.exists() and not config.overwrite:
-        raise ArgumentError(f"--output {output} already exists: pass --overwrite true, or another --output")
+    if config.output is None and config.ckpt_path.suffix == ".onnx":
+        load_probability_model(config.ckpt_path)  # an exported model, or a broken file, is refused in its own words
+        raise ArgumentError(
+            f"--ckpt_path {config.ckpt_path} ends in .onnx, the name export would write the model to: pass --output "
+            "PATH.onnx"
+        )
+    # Everything the user can get wrong is checked before the slow part (the export, 5-30 s): where the model goes,
+    # the checkpoint, the test set.
+    check_output(output, config.ckpt_path, config.overwrite)
     model, info = load_probability_model(config.ckpt_path)
+    pixels = official_test_set(info, config.data_dir)
     onnx_model = to_onnx(model, info)
-    agreement = compare_on_test_set(model, onnx_model, info.dataset, config.data_dir)
-    print(f"Official test set: {agreement}")
+    if pixels is None:
+        agreement = compare_with_torch(model, onnx_model, random_images(info))
+        print(f"Random images ({info.dataset} is not a dataset known here: its test set cannot be read): {agreement}")
+    else:
+        agreement = compare_with_torch(model, onnx_model, pixels)
+        print(f"Official test set: {agreement}")
     require(agreement, config.ckpt_path)
-    write_atomically(output, onnx_model, elsewhere="or pass --output PATH")
+    write_atomically(output, onnx_model, elsewhere=ELSEWHERE)
     accuracy = "" if info.val_accuracy is None else f", validation accuracy {info.val_accuracy:.4f}"
     shape = "×".join(map(str, info.image_shape))
     print(
@@ -91,14 +107,56 @@ def main(args: list[str]) -> None:
     )
 
 
-def export_checked(ckpt_path: Path, images: int = 256) -> bytes:
-    """The checkpoint as ONNX, checked on `images` random images rather than the test set (for `serve`)."""
-    model, info = load_probability_model(ckpt_path)
+ELSEWHERE = "or pass --output PATH"
+
+
+def check_output(output: Path, ckpt_path: Path, overwrite: bool) -> None:
+    """Refuse, in one line and before anything is exported, an `--output` that cannot or must not be written: a
+    folder, a name that is not a .onnx file's, an existing file (without --overwrite), a folder that cannot be
+    written. (A full disk shows only when the model is written; `write_atomically` then says so, and keeps what was
+    there.)"""
+    if output.is_dir():
+        raise ArgumentError(
+            f"--output {output} is a folder: pass the model's file name, e.g. --output {output / ckpt_path.stem}.onnx"
+        )
+    if output.suffix != ".onnx":
+        raise ArgumentError(
+            f"--output {output} does not end in .onnx, as an ONNX model's name does (and a checkpoint's never): pass "
+            f"--output {output.with_suffix('.onnx')}"
+        )
+    if output.exists() and output.resolve() == ckpt_path.resolve():
+        raise ArgumentError(f"--output {output} is --ckpt_path itself: pass another --output, ending in .onnx")
+    if output.exists() and not overwrite:
+        raise ArgumentError(f"--output {output} already exists: pass --overwrite true, or another --output")
+    check_writable(output, ELSEWHERE)
+
+
+def official_test_set(info: ModelInfo, data_dir: Path | None) -> np.ndarray | None:
+    """The official test set of the model's dataset as float32 N×C×H×W in [0, 1] (fetched like `fit` fetches it),
+    or None when this installation does not know the dataset (a checkpoint of a dataset registered elsewhere)."""
+    from mnist_lightning.data.module import MNISTDataModule
+
+    if info.dataset not in DATASETS or DATASETS[info.dataset].image_shape != info.image_shape:
+        return None
+    data = MNISTDataModule(data_dir=data_dir, dataset=info.dataset)
+    try:
+        data.prepare_data()
+        data.setup("test")
+    except UserError as e:  # the data module's lines name fit's flag, --data.data_dir; export's is --data_dir
+        if "--data.data_dir" not in str(e):
+            raise
+        raise type(e)(str(e).replace("--data.data_dir", "--data_dir")) from None
+    return (data.test_set.images.float() / 255).numpy()
+
+
+def random_images(info: ModelInfo, images: int = 256) -> np.ndarray:
+    return np.random.default_rng(0).random((images, *info.image_shape), dtype=np.float32)
+
+
+def export_checked(model: ProbabilityModel, info: ModelInfo, ckpt_path: Path, images: int = 256) -> bytes:
+    """The checkpoint's model as ONNX, checked on `images` random images rather than the test set (for `serve`)."""
     onnx_model = to_onnx(model, info)
-    pixels = np.random.default_rng(0).random((images, *info.image_shape), dtype=np.float32)
-    with torch.inference_mode():
-        expected = model(torch.from_numpy(pixels)).numpy()
-    require(compare(expected, onnx_model, pixels), ckpt_path)
+    require(compare_with_torch(model, onnx_model, random_images(info, images)), ckpt_path)
     return onnx_model
 
 
@@ -117,31 +175,26 @@ def to_onnx(model: ProbabilityModel, info: ModelInfo) -> bytes:
     torch 2.x but warns that it will be removed. Without `dynamic_shapes` it would fix the batch size.
     """
     example = torch.zeros(2, *info.image_shape)
-    program = torch.onnx.export(
-        model,
-        (example,),
-        dynamo=True,
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        verbose=False,
-    )
-    program.model.metadata_props.update(info.metadata())
-    return program.model_proto.SerializeToString()
+    with signals_held():  # a stop signal in the exporter can crash the process or be lost: see native.py
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            verbose=False,
+        )
+        program.model.metadata_props.update(info.metadata())
+        return program.model_proto.SerializeToString()
 
 
-def compare_on_test_set(model: ProbabilityModel, onnx_model: bytes, dataset: str, data_dir: Path | None) -> Agreement:
-    """Predict the official test set with the checkpoint's network in torch and with onnxruntime on the exported
-    model, and compare."""
-    from mnist_lightning.data.module import MNISTDataModule
-
-    data = MNISTDataModule(data_dir=data_dir, dataset=dataset)
-    data.prepare_data()
-    data.setup("test")
-    pixels = data.test_set.images.float() / 255
+def compare_with_torch(model: ProbabilityModel, onnx_model: bytes, pixels: np.ndarray) -> Agreement:
+    """Predict `pixels` with the checkpoint's network in torch and with onnxruntime on the exported model, and
+    compare."""
     with torch.inference_mode():
-        expected = model(pixels).numpy()
-    return compare(expected, onnx_model, pixels.numpy())
+        expected = model(torch.from_numpy(pixels)).numpy()
+    return compare(expected, onnx_model, pixels)
 
 
 def compare(expected: np.ndarray, onnx_model: bytes, pixels: np.ndarray) -> Agreement:

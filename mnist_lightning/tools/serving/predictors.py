@@ -10,9 +10,11 @@ exported model's metadata.
 from __future__ import annotations
 
 import json
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 
 from mnist_lightning.datasets import DatasetSpec
 from mnist_lightning.errors import CheckpointError, first_line
+from mnist_lightning.tools.serving.native import signals_held
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -49,13 +52,20 @@ class ModelInfo:
         return metadata
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str]) -> ModelInfo:
+    def from_metadata(cls, metadata: dict[str, str], input_shape: tuple[int, int, int] | None = None) -> ModelInfo:
+        """The info an exported model's metadata records. Models exported before the image shape was recorded take
+        it from `input_shape` (the graph's input, less the batch axis) when given, else they are MNIST-shaped."""
         accuracy = metadata.get("val_accuracy")
-        # Models exported before the image shape was recorded are MNIST-shaped.
-        shape = tuple(json.loads(metadata.get("image_shape", "[1, 28, 28]")))
+        if "image_shape" in metadata:
+            shape = tuple(int(size) for size in json.loads(metadata["image_shape"]))
+        else:
+            shape = input_shape or (1, 28, 28)
+        classes = json.loads(metadata["classes"])
+        if not isinstance(classes, list) or not classes or len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"classes {metadata['classes']}, image shape {list(shape)}")
         return cls(
-            metadata["dataset"],
-            tuple(json.loads(metadata["classes"])),
+            str(metadata["dataset"]),
+            tuple(str(name) for name in classes),
             shape,
             None if accuracy is None else float(accuracy),
         )
@@ -80,21 +90,55 @@ def load_probability_model(ckpt_path: Path) -> tuple[ProbabilityModel, ModelInfo
     checkpoint's dataset's statistics, and its info."""
     # Lightning is imported for checkpoints only: serving an ONNX model starts without it.
     from mnist_lightning.model import MNISTClassifier
-    from mnist_lightning.runs.checkpoints import dataset_of, read_checkpoint, val_accuracy_of
+    from mnist_lightning.runs.checkpoints import DATAMODULE_STATE, dataset_of, read_checkpoint, val_accuracy_of
 
-    checkpoint = read_checkpoint(ckpt_path)
+    try:
+        checkpoint = read_checkpoint(ckpt_path)
+    except CheckpointError:
+        if is_onnx_model(ckpt_path):
+            raise CheckpointError(
+                f"--ckpt_path {ckpt_path} is an ONNX model, not a checkpoint: it is exported already; serve it with "
+                f"`python -m mnist_lightning serve --model {ckpt_path}`"
+            ) from None
+        raise
     spec = dataset_of(checkpoint, f"--ckpt_path {ckpt_path}")
+    if DATAMODULE_STATE not in checkpoint and not (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset"):
+        print(
+            f"note: --ckpt_path {ckpt_path} does not record its dataset (an earlier version wrote it): taken as "
+            f"{spec.name}, with its classes and normalization",
+            file=sys.stderr,
+        )
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
     try:
         classifier = MNISTClassifier(**hparams)
         classifier.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(
             f"--ckpt_path {ckpt_path} does not fit MNISTClassifier ({first_line(e)}): "
             "use a checkpoint written by this project's `fit`"
         ) from None
+    if classifier.hparams.get("input_size") != spec.input_size or classifier.hparams.get("num_classes") != len(
+        spec.classes
+    ):
+        raise CheckpointError(
+            f"--ckpt_path {ckpt_path} records {spec.name} ({'×'.join(map(str, spec.image_shape))} images, "
+            f"{len(spec.classes)} classes) but its network takes {classifier.hparams.get('input_size')} pixels to "
+            f"{classifier.hparams.get('num_classes')} classes: use a checkpoint written by this project's `fit`"
+        )
     model = ProbabilityModel(classifier.net, spec.mean, spec.std).eval()
     return model, ModelInfo.of(spec, val_accuracy_of(checkpoint))
+
+
+def is_onnx_model(path: Path) -> bool:
+    """Whether `path` holds an ONNX model (a graph with nodes), for saying so when it is given as a checkpoint."""
+    try:
+        with open(path, "rb") as file, signals_held():  # onnx's extension: see native.py
+            import onnx
+
+            proto = onnx.load_model_from_string(file.read(MAX_MODEL_BYTES))
+    except Exception:  # not a file, unreadable, onnx not installed, not a protobuf: not an ONNX model we can tell
+        return False
+    return proto.ir_version > 0 and len(proto.graph.node) > 0
 
 
 class Predictor(Protocol):
@@ -127,6 +171,9 @@ class TorchPredictor:
 class OnnxPredictor:
     """Runs an exported model (a file, or its bytes) with onnxruntime on the CPU.
 
+    A file that is not such a model (missing, empty, a folder, a checkpoint, truncated, another program's ONNX model
+    without this project's metadata, a graph that does not match its metadata) is a `CheckpointError` of one line.
+
     Args:
         threads: onnxruntime's intra-op threads; 0 lets it choose (all cores). A server answering many small
             requests at once does better with 1 per request.
@@ -135,26 +182,106 @@ class OnnxPredictor:
     runtime = "onnxruntime"
 
     def __init__(self, model: Path | bytes, threads: int = 0) -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        source = str(model) if isinstance(model, Path) else model
         label = f"--model {model}" if isinstance(model, Path) else "the exported model"
-        try:
-            self.session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types, all unhelpful alone
-            raise CheckpointError(
-                f"{label} is not an ONNX model onnxruntime can "
-                f"load ({str(e).splitlines()[0][:200]}): write one with `python -m mnist_lightning export`"
-            ) from None
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        if "classes" not in metadata or "dataset" not in metadata:
-            raise CheckpointError(
-                f"{label} has no dataset and class names in its metadata: write it with "
-                "`python -m mnist_lightning export`"
-            )
-        self.info = ModelInfo.from_metadata(metadata)
+        content = read_model_file(model) if isinstance(model, Path) else model
+        with signals_held():  # onnxruntime's extension loading and building its session: see native.py
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            try:
+                self.session = onnxruntime.InferenceSession(content, options, providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types: unhelpful
+                reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", first_line(e))[:200].rstrip(".")
+                raise CheckpointError(
+                    f"{label} is not a complete ONNX model (onnxruntime: {reason}): it was truncated, or not written "
+                    f"by `python -m mnist_lightning export`; export the checkpoint again"
+                ) from None
+        self.info = model_info(self.session, label)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+
+
+# Far above any network of this project (784-1024-1024-10 is 7 MB); onnxruntime refuses protobufs over 2 GB anyway.
+MAX_MODEL_BYTES = 2**31
+EXPORT_COMMAND = "`python -m mnist_lightning export --ckpt_path CHECKPOINT`"
+
+
+def read_model_file(path: Path) -> bytes:
+    """The bytes of `--model`, or a one-line `CheckpointError` that says what the file is instead of an ONNX model."""
+    if path.is_dir():
+        raise CheckpointError(f"--model {path} is a folder: pass the .onnx file in it that {EXPORT_COMMAND} wrote")
+    try:
+        with open(path, "rb") as file:
+            content = file.read(MAX_MODEL_BYTES + 1)
+    except FileNotFoundError:
+        raise CheckpointError(f"--model {path}: no such file; write one with {EXPORT_COMMAND}") from None
+    except PermissionError as e:
+        raise CheckpointError(f"--model {path} cannot be read ({e.strerror}): make it readable") from None
+    if not content:
+        raise CheckpointError(
+            f"--model {path} is an empty file (0 bytes): it was truncated or never written; export it again with "
+            f"{EXPORT_COMMAND}"
+        )
+    if len(content) > MAX_MODEL_BYTES:
+        raise CheckpointError(f"--model {path} is over 2 GB, too large for an ONNX model of this project's networks")
+    # A checkpoint is a zip archive (torch.save) or, from torch before 1.6, a pickle; an ONNX model is a protobuf
+    # whose first byte is a field tag, never either.
+    if content.startswith(b"PK\x03\x04") or content.startswith(b"\x80"):
+        raise CheckpointError(
+            f"--model {path} is a PyTorch checkpoint, not an ONNX model: serve it with --ckpt_path {path}, or "
+            f"export it once (`python -m mnist_lightning export --ckpt_path {path}`) and serve the .onnx file"
+        )
+    return content
+
+
+def model_info(session: Any, label: str) -> ModelInfo:
+    """What an exported model was trained for, from its metadata, checked against its graph's input and output."""
+    metadata = session.get_modelmeta().custom_metadata_map
+    if "classes" not in metadata or "dataset" not in metadata:
+        raise CheckpointError(
+            f"{label} has no dataset and class names in its metadata, so what its outputs mean is unknown: it was "
+            f"not written by this project's export; export the checkpoint with {EXPORT_COMMAND}"
+        )
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    input_shape = inputs[0].shape[1:] if len(inputs) == 1 else []
+    known = tuple(input_shape) if len(input_shape) == 3 and all(isinstance(n, int) for n in input_shape) else None
+    try:
+        info = ModelInfo.from_metadata(metadata, input_shape=known)
+    except (ValueError, TypeError, KeyError) as e:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(
+            f"{label} records its classes or image shape unreadably ({first_line(e)}): export the checkpoint again "
+            f"with {EXPORT_COMMAND}"
+        ) from None
+    expected_input = ["N", *info.image_shape]
+    expected_output = ["N", len(info.classes)]
+    probabilities = [output for output in outputs if output.name == OUTPUT_NAME]
+    fits = (
+        [i.name for i in inputs] == [INPUT_NAME]
+        and inputs[0].type == "tensor(float)"
+        and _same_dims(inputs[0].shape, expected_input)
+        and len(probabilities) == 1
+        and _same_dims(probabilities[0].shape, expected_output)
+    )
+    if not fits:
+        takes = ", ".join(f"{i.name} {_dims(i.shape)}" for i in inputs)
+        gives = ", ".join(f"{o.name} {_dims(o.shape)}" for o in outputs)
+        raise CheckpointError(
+            f"{label} takes {takes} and gives {gives}, but its metadata promises {INPUT_NAME} "
+            f"{_dims(expected_input)} → {OUTPUT_NAME} {_dims(expected_output)}: it was not written by this "
+            f"project's export; export the checkpoint with {EXPORT_COMMAND}"
+        )
+    return info
+
+
+def _same_dims(actual: list[Any], expected: list[Any]) -> bool:
+    """Whether a graph's dimensions (ints, or names/None for symbolic ones) can hold `expected`, whose first is the
+    batch axis: symbolic, or 1 (serve sends one image at a time)."""
+    if len(actual) != len(expected) or (isinstance(actual[0], int) and actual[0] != 1):
+        return False
+    return all(not isinstance(a, int) or a == e for a, e in zip(actual[1:], expected[1:], strict=True))
+
+
+def _dims(shape: list[Any]) -> str:
+    return "×".join(str(size) if isinstance(size, int) else "N" for size in shape) or "(no shape)"

@@ -19,12 +19,18 @@ function clearPad() {
   ink.fillRect(0, 0, pad.width, pad.height);
   strokes = 0;
   latestRequest += 1; // answers still on their way are for the old drawing
+  clearAnswer();
+  status.textContent = "";
+  document.body.dataset.strokes = "0";
+}
+
+// No answer on show: the digit, its confidence, the bars and the image the model saw all go, so that nothing
+// left from an earlier image passes for the answer to the current one.
+function clearAnswer() {
   digit.textContent = "?";
   confidence.textContent = "";
-  status.textContent = "";
   showBars(null);
   seen.getContext("2d").clearRect(0, 0, seen.width, seen.height);
-  document.body.dataset.strokes = "0";
 }
 
 function pointOf(event) {
@@ -67,20 +73,40 @@ async function send(image, what, stroke) {
   status.textContent = "";
   let answer;
   try {
-    const response = await fetch("/predict", {
-      method: "POST",
-      headers: { "Content-Type": image.type || "application/octet-stream" },
-      body: image,
-    });
-    answer = await response.json();
-    if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
+    answer = await predict(image);
   } catch (error) {
-    if (request === latestRequest) status.textContent = `${what}: ${error.message}`;
+    if (request === latestRequest) {
+      clearAnswer();
+      status.textContent = `${what}: ${error.message}`;
+      document.body.dataset.failedStrokes = String(stroke ?? 0);
+    }
     return;
   }
   if (request !== latestRequest) return; // a newer drawing is on its way
   show(answer);
   document.body.dataset.predictedStrokes = String(stroke ?? 0);
+}
+
+// The server's answer for `image`, or an Error whose message says what went wrong.
+async function predict(image) {
+  let response;
+  try {
+    response = await fetch("/predict", {
+      method: "POST",
+      headers: { "Content-Type": image.type || "application/octet-stream" },
+      body: image,
+    });
+  } catch {
+    throw new Error("the server does not answer: is `python -m mnist_lightning serve` still running?");
+  }
+  let answer;
+  try {
+    answer = await response.json();
+  } catch {
+    throw new Error(`the server answered HTTP ${response.status} without an explanation`);
+  }
+  if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
+  return answer;
 }
 
 function show(answer) {
