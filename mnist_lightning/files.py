@@ -15,15 +15,18 @@ import io
 import os
 import re
 import secrets
+import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 from mnist_lightning.errors import UserError
 
-# `.last.ckpt.<pid>.<random>.tmp`: hidden, and without the target's ending, so nothing takes it for a checkpoint or a
-# data file; the pid tells whether its writer still runs.
-TEMPORARY = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")
+# `.last.ckpt.<pid>@<host>.<random>.tmp`: hidden, and without the target's ending, so nothing takes it for a checkpoint
+# or a data file; the pid tells whether its writer still runs, on the host named (a shared file system holds the
+# temporaries of other machines' writers, whose pids mean nothing here).
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
+TEMPORARY = re.compile(r"\..+\.(\d+)@([A-Za-z0-9-]+)\.[0-9a-f]{8}\.tmp")
 
 # What a user can do about each way a write fails; anything else is not theirs to fix and keeps its traceback.
 FIXES = {
@@ -97,7 +100,7 @@ def check_writable(target: Path, elsewhere: str = "") -> None:
 
 
 def _write_and_rename(target: Path, content: Content) -> None:
-    temporary = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    temporary = target.parent / f".{target.name}.{os.getpid()}@{HOST}.{secrets.token_hex(4)}.tmp"
     # Created like any file (mode 0666 less the umask), where mkstemp would make it private to its owner.
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -125,10 +128,10 @@ def _write_and_rename(target: Path, content: Content) -> None:
 
 
 def remove_stale_temporaries(folder: Path) -> None:
-    """Remove the temporary files in `folder` whose writing process no longer runs (killed mid-write)."""
+    """Remove the temporary files in `folder` whose writing process, on this host, no longer runs (killed mid-write)."""
     for path in folder.iterdir():
         match = TEMPORARY.fullmatch(path.name)
-        if match and not is_running(int(match.group(1))):
+        if match and match.group(2) == HOST and not is_running(int(match.group(1))):
             with contextlib.suppress(OSError):  # tidying up; the write itself does not depend on it
                 path.unlink()
 

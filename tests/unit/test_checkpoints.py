@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mnist_lightning.errors import CheckpointError
+from mnist_lightning.files import HOST
 from mnist_lightning.runs.checkpoints import (
     architecture_differences,
     dataset_of,
@@ -24,7 +25,7 @@ def test_a_checkpoint_that_does_not_load_outside_a_run_names_the_newest_beside_i
     older, newer_but_broken = tmp_path / "older.ckpt", tmp_path / "newer.ckpt"
     torch.save(plain_checkpoint(1), older)
     newer_but_broken.write_bytes(b"not a checkpoint")
-    (tmp_path / f".wanted.ckpt.{os.getpid()}.0a1b2c3d.tmp").write_bytes(b"partial")
+    (tmp_path / f".wanted.ckpt.{os.getpid()}@{HOST}.0a1b2c3d.tmp").write_bytes(b"partial")
     os.utime(older, ns=(1, 1))
     with pytest.raises(CheckpointError) as error:
         read_checkpoint(tmp_path / "wanted.ckpt")

@@ -11,22 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from mnist_lightning.files import TEMPORARY, WriteError, is_running, process_start, write_atomically, write_csv
+from mnist_lightning.files import HOST, TEMPORARY, WriteError, is_running, process_start, write_atomically, write_csv
 
 
 def test_temporaries_of_killed_saves_are_removed_at_the_next_save_and_nothing_else(tmp_path: Path) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
     stale = [
-        tmp_path / f".last.ckpt.{dead.pid}.0a1b2c3d.tmp",
-        tmp_path / f".epoch03-val_acc0.9.ckpt.{dead.pid}.ffff0000.tmp",
+        tmp_path / f".last.ckpt.{dead.pid}@{HOST}.0a1b2c3d.tmp",
+        tmp_path / f".epoch03-val_acc0.9.ckpt.{dead.pid}@{HOST}.ffff0000.tmp",
     ]
-    running = tmp_path / f".last.ckpt.{os.getpid()}.12345678.tmp"  # a save in progress in a running process
-    others = [tmp_path / "notes.tmp", tmp_path / "best.ckpt", tmp_path / ".last.ckpt.tmp"]
+    running = tmp_path / f".last.ckpt.{os.getpid()}@{HOST}.12345678.tmp"  # a save in progress in a running process
+    # Another machine's save in progress on a shared file system: its pid says nothing here.
+    elsewhere = tmp_path / f".last.ckpt.{dead.pid}@another-{HOST}.87654321.tmp"
+    others = [tmp_path / "notes.tmp", tmp_path / "best.ckpt", tmp_path / ".last.ckpt.tmp", elsewhere]
     for path in [*stale, running, *others]:
         path.write_bytes(b"partial")
     assert not any(path.name.endswith(".ckpt") for path in [*stale, running]), "a temporary is never a checkpoint"
-    assert all(TEMPORARY.fullmatch(path.name) for path in [*stale, running])
+    assert all(TEMPORARY.fullmatch(path.name) for path in [*stale, running, elsewhere])
     write_atomically(tmp_path / "last.ckpt", b"saved")
     assert not any(path.exists() for path in stale)
     assert all(path.exists() for path in [running, *others])
