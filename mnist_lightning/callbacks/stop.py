@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import lightning as L
@@ -60,6 +61,11 @@ class StopOnSignal(L.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._stop_if_asked(trainer, batch_idx)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop_if_asked(trainer, batch_idx)
+        if trainer.received_sigterm:  # Lightning's prediction loop does not look at it
+            raise interrupts.Stopped(interrupts.received() or signal.SIGTERM)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         interrupts.release()

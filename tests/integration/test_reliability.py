@@ -3,15 +3,18 @@ that would run code never runs it, and a diverging fit stops at once keeping the
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
-from mnist_lightning import MNISTClassifier, MNISTDataModule
+from mnist_lightning import MNISTClassifier, MNISTDataModule, interrupts
 from mnist_lightning.callbacks.last_checkpoint import LastCheckpoint
+from mnist_lightning.callbacks.stop import StopOnSignal
 from mnist_lightning.cli import cli_main
 from mnist_lightning.errors import TrainingDiverged
 from mnist_lightning.runs.checkpoints import read_checkpoint
@@ -145,3 +148,26 @@ def test_an_unwritable_log_folder_gets_one_line(synthetic_mnist: Path, tmp_path:
     line = one_line_error(capsys, args)
     assert "log folder" in line and "a file stands where a folder is needed" in line
     assert "--trainer.logger.init_args.save_dir DIR" in line
+
+
+class SignalAtPredictBatch(L.Callback):
+    """Sends this process SIGINT at the end of prediction batch `at`, and counts the batches predicted."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.batches = at, 0
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.batches += 1
+        if batch_idx == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_during_predict_stops_it_at_the_batch_end_with_status_130(capsys) -> None:
+    images = torch.utils.data.TensorDataset(torch.rand(40, 1, 28, 28), torch.zeros(40, dtype=torch.long))
+    sender = SignalAtPredictBatch(at=1)  # before StopOnSignal, which then sees the signal at the same batch end
+    trainer = L.Trainer(callbacks=[sender, StopOnSignal()], logger=False, enable_progress_bar=False)
+    with pytest.raises(SystemExit) as stopped, interrupts.handled():
+        trainer.predict(MNISTClassifier(hidden_sizes=[8]), torch.utils.data.DataLoader(images, batch_size=4))
+    assert stopped.value.code == 130
+    assert sender.batches == 2, "stopped at the end of the batch in flight, not after all 10"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "stopped by Ctrl-C"
