@@ -216,16 +216,7 @@ class MNISTLightningCLI(LightningCLI):
         # private methods are what its own `instantiate_trainer` calls (tests/unit/test_private_apis.py).
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
-        if self.subcommand != "predict":
-            callbacks = [cb for cb in callbacks if not isinstance(cb, PredictionWriter)]
-        if self.subcommand != "fit":
-            config["enable_checkpointing"] = False  # nor Lightning's default one: evaluating saves nothing
-            # The checkpoint callbacks' saved states matter to a resumed fit only; evaluating needs none of them.
-            warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
-        if config.get("enable_checkpointing") is False:
-            callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
-        if any(isinstance(cb, ProgressBar) for cb in config.get("callbacks") or []):  # the user's own (Rich...)
-            callbacks = [cb for cb in callbacks if not isinstance(cb, TQDMProgressBar)]
+        callbacks = callbacks_for(self.subcommand, config, callbacks)
         return self._instantiate_trainer(config, [*callbacks, StopOnSignal()])
 
     def after_instantiate_classes(self) -> None:
@@ -256,6 +247,22 @@ class MNISTLightningCLI(LightningCLI):
         best_score = checkpoint.best_model_score if checkpoint else None
         best_val_acc = None if best_score is None else float(best_score)
         self.summary = fit_summary(self.trainer, best_path, best_val_acc, test_acc, tested=tested)
+
+
+def callbacks_for(subcommand: str, trainer_config: dict[str, Any], callbacks: list[L.Callback]) -> list[L.Callback]:
+    """Of the project's own `callbacks`, those that `subcommand` uses with the Trainer's `trainer_config` (which this
+    sets to checkpoint nothing outside fit)."""
+    if subcommand != "predict":
+        callbacks = [cb for cb in callbacks if not isinstance(cb, PredictionWriter)]
+    if subcommand != "fit":
+        trainer_config["enable_checkpointing"] = False  # nor Lightning's default one: evaluating saves nothing
+        # The checkpoint callbacks' saved states matter to a resumed fit only; evaluating needs none of them.
+        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
+    if trainer_config.get("enable_checkpointing") is False:
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+    if any(isinstance(cb, ProgressBar) for cb in trainer_config.get("callbacks") or []):  # the user's own (Rich...)
+        callbacks = [cb for cb in callbacks if not isinstance(cb, TQDMProgressBar)]
+    return callbacks
 
 
 def build_cli(

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,7 @@ def _fetch_missing(spec: DatasetSpec, raw: Path, missing: list[str]) -> None:
                     problem = _verification_problem(staging / name, spec.sha256[name])
                     if problem:
                         raise SourceError(f"its {name} {problem}")
-            except (SourceError, OSError) as e:
+            except (SourceError, OSError, EOFError, zlib.error) as e:  # EOFError, zlib.error: a truncated, corrupt .gz
                 failures.append(f"{source.label}: {e}")
                 continue
             # Concurrent fetchers write identical bytes.

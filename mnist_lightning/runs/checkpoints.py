@@ -39,8 +39,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         alternative = newest_loadable_checkpoint(path.parent, besides=path) if path.parent.is_dir() else None
         if alternative is None:
             raise
-        config = path.parent.parent / "config.yaml"
-        if config.is_file():
+        run = run_of_checkpoint(path)
+        config = None if run is None else run / "config.yaml"
+        if config is not None and config.is_file():
             hint = f"resume with: python -m mnist_lightning fit --config {config} --ckpt_path {alternative}"
         else:
             hint = f"pass --ckpt_path {alternative} instead"
