@@ -24,12 +24,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Every tier (docs/architecture.md, pyproject.toml); `pytest -m "not system"` is the quick edit loop.
+# Every tier (README's Development section); `pytest -m "not system" -n 2` is the quick edit loop. Two workers, a test
+# file each at a time (module fixtures are built once), the longest files first (tests/conftest.py).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 fit: $(STAMP)
 	$(BIN)/python -m mnist_lightning fit --config configs/seed.yaml

@@ -27,6 +27,9 @@ from tests.helpers import (
 )
 
 TIERS = ("unit", "integration", "system")
+LONGEST_FILES = tuple(
+    f"system/test_{name}.py" for name in ("slurm", "ddp", "sweep_interruptions", "bench", "sweep", "cli_processes")
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -36,6 +39,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: every test lives in one of tests/{{{','.join(TIERS)}}}/")
         item.add_marker(tier)
+    # Longest first, so that `make test`'s two workers (pytest-xdist, --dist loadfile) end together instead of one
+    # finishing a long file alone: the files that take minutes (--durations), then the rest of the system tier.
+    items.sort(key=lambda item: schedule_rank(item.path.relative_to(tests)))
+
+
+def schedule_rank(path: Path) -> tuple[int, int]:
+    """Where a test file goes in the run: the longest system files, then the system, integration and unit tiers."""
+    name = path.as_posix()
+    return (LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES), -TIERS.index(path.parts[0]))
 
 
 @pytest.fixture(autouse=True)
