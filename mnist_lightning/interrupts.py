@@ -94,6 +94,8 @@ def handled(requeue: Callable[[], str] | None = None, say: bool = True) -> Itera
     signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR1] if requeue else [])
     install = threading.current_thread() is threading.main_thread()  # Python runs handlers there only
     previous = {signum: signal.getsignal(signum) for signum in signals} if install else {}
+    if _State.installed == 0:  # a command begins: nothing of an earlier one in this process (a test's) carries over
+        _State.received, _State.stopped_at, _State.resume, _State.in_run = None, "", None, False
     _State.installed += 1
     _State.signals = tuple(signals)
     try:
