@@ -211,6 +211,21 @@ def cli_command(data_dir: Path, *args: str) -> list[str]:
     return ["env", variable, sys.executable, "-m", "mnist_lightning", *args, f"--data.data_dir={data_dir}"]
 
 
+def start_sweep(data_dir: Path, workdir: Path, *args: str, **popen: Any) -> subprocess.Popen:
+    """`python -m mnist_lightning sweep ARGS` in `workdir` on the synthetic data in `data_dir`, in a process group of
+    its own (so that a test can stop it with its workers), its output in `.stdout`."""
+    return subprocess.Popen(
+        cli_command(data_dir, "sweep", *args),
+        cwd=workdir,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **popen,
+    )
+
+
 def subprocess_env(**variables: str) -> dict[str, str]:
     """This process's environment with tests/site and the checkout first on PYTHONPATH (and `variables` set)."""
     path = os.pathsep.join([str(REPO_ROOT / "tests" / "site"), str(REPO_ROOT)])

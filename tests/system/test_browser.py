@@ -107,14 +107,8 @@ def assert_page_shows(page, answer: dict) -> None:
 
 def test_a_digit_drawn_stroke_by_stroke_is_read_and_shown(page, server: str, tmp_path: Path) -> None:
     page.click("#clear")
-    box = page.locator("#pad").bounding_box()
     for number, stroke in enumerate(SEVEN, start=1):
-        (x, y), *rest = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in stroke]
-        page.mouse.move(x, y)
-        page.mouse.down()
-        for x, y in rest:
-            page.mouse.move(x, y, steps=15)
-        page.mouse.up()
+        draw(page, stroke)
         page.wait_for_selector(f'body[data-predicted-strokes="{number}"]')  # the answer for this drawing arrived
     drawing = base64.b64decode(page.evaluate("document.getElementById('pad').toDataURL('image/png')").split(",")[1])
     answer = api_answer(server, drawing)

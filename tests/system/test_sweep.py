@@ -24,9 +24,8 @@ from tests.helpers import (
     GOOD_LR,
     HOPELESS_LR,
     SWEEP,
-    cli_command,
     run_cli,
-    subprocess_env,
+    start_sweep,
     sweep_error,
     write_sweep,
 )
@@ -146,16 +145,7 @@ def test_a_trials_config_reproduces_its_metric_with_fit(swept: tuple[Path, str],
 
 def sweep_process(synthetic_dir: Path, workdir: Path, *args: str) -> subprocess.Popen:
     """`sweep` in a process group of its own, so that a test can stop it with its workers."""
-    command = cli_command(synthetic_dir, "sweep", f"--config={workdir / 'sweep.yaml'}", *args)
-    return subprocess.Popen(
-        command,
-        cwd=workdir,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    return start_sweep(synthetic_dir, workdir, f"--config={workdir / 'sweep.yaml'}", *args)
 
 
 def finish(process: subprocess.Popen, timeout: float) -> str:

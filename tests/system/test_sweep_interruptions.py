@@ -26,7 +26,14 @@ from optuna.trial import TrialState
 
 from mnist_lightning.commands import main as dispatch
 from mnist_lightning.tools.sweep.study import HOST, JournalFile, reap_dead_trials
-from tests.helpers import SWEEP, catches, cli_command, cli_context, only_error_line, subprocess_env, write_sweep
+from tests.helpers import (
+    SWEEP,
+    catches,
+    cli_context,
+    only_error_line,
+    start_sweep,
+    write_sweep,
+)
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 CONTINUOUS = {"model.lr": {"low": 0.0005, "high": 0.02, "log": True}, "model.hidden_sizes": {"choices": [[16], [32]]}}
@@ -36,20 +43,6 @@ LONG = {**SWEEP["fit"], "trainer": {"max_epochs": 20, "enable_progress_bar": Fal
 TINY = {**SWEEP["fit"], "trainer": {**LONG["trainer"], "max_epochs": 1, "limit_train_batches": 2}}
 NO_PRUNING = {"n_startup_trials": 100}
 RESUMED = "(finished trials are kept, stopped ones are tried again); resume with: python -m mnist_lightning sweep"
-
-
-def start(data_dir: Path, workdir: Path, *args: str, **popen: object) -> subprocess.Popen:
-    """`sweep ARGS` in `workdir`, in a process group of its own (so that a test can stop it with its workers)."""
-    return subprocess.Popen(
-        cli_command(data_dir, "sweep", *args),
-        cwd=workdir,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        **popen,
-    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> str:
@@ -100,7 +93,7 @@ def test_a_stopped_trial_is_fail_and_the_resume_command_retries_exactly_its_para
     signum: int, status: int, name: str, synthetic_mnist: Path, workdir: Path
 ) -> None:
     config = write_sweep(workdir, fit=LONG, search_space=CONTINUOUS, n_trials=2, pruner=NO_PRUNING)
-    process = start(synthetic_mnist, workdir, f"--config={config}")
+    process = start_sweep(synthetic_mnist, workdir, f"--config={config}")
     wait_for_saved_epochs(workdir, process)
     process.send_signal(signum)
     output = finish(process)
@@ -125,7 +118,7 @@ def test_a_stopped_trial_is_fail_and_the_resume_command_retries_exactly_its_para
 
 def test_ctrl_c_stops_every_worker_and_queues_each_stopped_trial(synthetic_dir: Path, tmp_path: Path) -> None:
     config = write_sweep(tmp_path, fit=LONG, search_space=CONTINUOUS, n_trials=3, pruner=NO_PRUNING)
-    process = start(synthetic_dir, tmp_path, f"--config={config}", "--workers=2")
+    process = start_sweep(synthetic_dir, tmp_path, f"--config={config}", "--workers=2")
     wait_for_saved_epochs(tmp_path, process, trials=2)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
     output = finish(process)
@@ -177,13 +170,13 @@ def test_a_killed_sweeps_trial_is_retried_once_when_two_runs_start_together(
     synthetic_dir: Path, tmp_path: Path
 ) -> None:
     config = write_sweep(tmp_path, fit=LONG, search_space=CONTINUOUS, n_trials=2, pruner=NO_PRUNING)
-    first = start(synthetic_dir, tmp_path, f"--config={config}")
+    first = start_sweep(synthetic_dir, tmp_path, f"--config={config}")
     wait_for_saved_epochs(tmp_path, first)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=60)
     assert load(tmp_path).trials[0].state == TrialState.RUNNING, "kill -9 leaves the trial RUNNING"
 
-    runs = [start(synthetic_dir, tmp_path, f"--config={config}") for _ in range(2)]
+    runs = [start_sweep(synthetic_dir, tmp_path, f"--config={config}") for _ in range(2)]
     outputs = [finish(run) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     reaped = "trial 0 was left RUNNING by a process that is gone: marked FAIL, its parameters queued again"
@@ -204,7 +197,7 @@ def test_a_signal_during_start_up_ends_with_one_line_and_writes_nothing(
     signum: int, status: int, name: str, synthetic_dir: Path, tmp_path: Path
 ) -> None:
     config = write_sweep(tmp_path)
-    process = start(synthetic_dir, tmp_path, f"--config={config}")
+    process = start_sweep(synthetic_dir, tmp_path, f"--config={config}")
     deadline = time.monotonic() + 60
     # The command's handlers are in place before it imports Lightning and Optuna (seconds of imports).
     while not catches(process.pid, signal.SIGTERM):
@@ -221,7 +214,7 @@ def test_ctrl_c_during_the_report_ends_with_one_line_and_the_next_run_reports(
     synthetic_mnist: Path, workdir: Path
 ) -> None:
     config = write_sweep(workdir, fit=TINY, search_space=CONTINUOUS, n_trials=1)
-    process = start(synthetic_mnist, workdir, f"--config={config}")
+    process = start_sweep(synthetic_mnist, workdir, f"--config={config}")
     printed = []
     for line in process.stdout:  # the test of the best checkpoint, then the summary, plots (seconds of them)
         printed.append(line)
@@ -243,7 +236,7 @@ def test_ctrl_c_during_the_report_ends_with_one_line_and_the_next_run_reports(
 
 def test_two_workers_never_run_the_same_parameters_and_stop_at_n_trials(synthetic_dir: Path, tmp_path: Path) -> None:
     config = write_sweep(tmp_path, fit=TINY, search_space=CONTINUOUS, n_trials=6, pruner=NO_PRUNING)
-    process = start(synthetic_dir, tmp_path, f"--config={config}", "--workers=2")
+    process = start_sweep(synthetic_dir, tmp_path, f"--config={config}", "--workers=2")
     output = finish(process)
     assert process.returncode == 0, output
     study = load(tmp_path)
@@ -281,7 +274,7 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_there(
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     n_trials = "--n_trials=2" if where == "optuna-journal.log" else "--n_trials=1"
-    process = start(
+    process = start_sweep(
         synthetic_mnist, tmp_path, f"--config={tmp_path / 'sweep.yaml'}", n_trials, preexec_fn=limit_file_size
     )
     output = finish(process, 120)
