@@ -3,6 +3,8 @@ images, histograms."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")  # figures are rendered to files and TensorBoard, never to a window
@@ -13,6 +15,14 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
+
+from mnist_lightning.files import write_atomically
+
+
+def save_png(figure: Figure, path: Path, elsewhere: str = "") -> None:
+    """`figure` as a PNG file at `path`, written as every kept file is (`files.write_atomically`: complete or absent,
+    a failed write one line that ends with `elsewhere`)."""
+    write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=110, bbox_inches="tight"), elsewhere)
 
 
 def labelled_grid(images: Tensor, captions: list[str], columns: int = 8) -> Figure:

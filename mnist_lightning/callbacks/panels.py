@@ -22,8 +22,16 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from mnist_lightning.callbacks.figures import confusion_heatmap, labelled_grid, weight_images, write_histogram
+from mnist_lightning.callbacks.figures import (
+    confusion_heatmap,
+    labelled_grid,
+    save_png,
+    weight_images,
+    write_histogram,
+)
 from mnist_lightning.runs.folders import FOLDER_LOGGERS, run_folder
+
+ELSEWHERE = "or pass --trainer.default_root_dir DIR for runs elsewhere"
 
 
 def writer(trainer: L.Trainer) -> SummaryWriter | None:
@@ -46,7 +54,7 @@ def publish(trainer: L.Trainer, figure: Figure, tag: str, filename: str) -> None
     folder = png_folder(trainer)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        figure.savefig(folder / filename, dpi=110, bbox_inches="tight")
+        save_png(figure, folder / filename, ELSEWHERE)
     tensorboard = writer(trainer)
     if tensorboard is not None and tag:
         tensorboard.add_figure(tag, figure, global_step=trainer.global_step)

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from mnist_lightning.callbacks.figures import labelled_grid
+from mnist_lightning.callbacks.figures import labelled_grid, save_png
 from mnist_lightning.files import write_csv
 
 ELSEWHERE = "or predict into another folder with --trainer.default_root_dir DIR"
@@ -88,7 +88,7 @@ class PredictionWriter(BasePredictionWriter):
         captions = [f"{classes[p]} ({c:.0%})" for p, c in zip(predicted.tolist(), confidence.tolist(), strict=True)]
         figure = labelled_grid(images, captions, columns=min(8, len(indices)))
         figure.suptitle("your images as the model saw them, in the order of the table", fontsize=9)
-        figure.savefig(path, dpi=110, bbox_inches="tight")
+        save_png(figure, path, ELSEWHERE)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_figure("predictions/own_images", figure, global_step=trainer.global_step)

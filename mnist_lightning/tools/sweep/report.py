@@ -11,8 +11,9 @@ import matplotlib
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from mnist_lightning.callbacks.figures import save_png
 from mnist_lightning.cli import build_cli
-from mnist_lightning.files import write_atomically, write_csv
+from mnist_lightning.files import write_csv
 from mnist_lightning.tools.sweep.study import WORKER, Sweep, shown_storage
 
 matplotlib.use("Agg")  # the plots are written to files, never shown in a window
@@ -86,7 +87,7 @@ def test_best_trial(study: optuna.Study, sweep: Sweep, best: FrozenTrial) -> flo
         print(f"note: trial {best.number} kept no checkpoint (checkpointing is off): nothing to test")
         return None
     if not Path(checkpoint).is_file() or not config.is_file():
-        host = best.user_attrs.get("worker", {}).get("host", "another machine")
+        host = best.user_attrs.get(WORKER, {}).get("host", "another machine")
         print(
             f"note: trial {best.number}'s best checkpoint is not on this machine but on {host}: test it there with "
             f"python -m mnist_lightning test --config {config} --ckpt_path {checkpoint}"
@@ -159,7 +160,7 @@ def draw_plots(study: optuna.Study, folder: Path, complete: list[FrozenTrial]) -
                 continue
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
         path = folder / f"{name}.png"
-        write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=110, bbox_inches="tight"), ELSEWHERE)  # noqa: B023
+        save_png(figure, path, ELSEWHERE)
         plt.close(figure)
         lines.append(f"Plot              {path}")
     return lines
