@@ -23,7 +23,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgre
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
-from mnist_lightning import interrupts
 from mnist_lightning.callbacks.dashboard import Dashboard
 from mnist_lightning.callbacks.last_checkpoint import LastCheckpoint
 from mnist_lightning.callbacks.predictions import PredictionWriter
@@ -303,7 +302,7 @@ def build_cli(
 def cli_main(args: ArgsType = None) -> MNISTLightningCLI:
     """`python -m mnist_lightning {fit,validate,test,predict}`: `build_cli` with every user error as one line (set
     MNIST_LIGHTNING_DEBUG=1 for the traceback), and Ctrl-C, SIGTERM and SLURM's requeue signal handled."""
-    with one_line_errors(), interrupts.handled(requeue=slurm.requeue if slurm.in_job() else None):
+    with one_line_errors(), slurm.signals_handled():
         cli = build_cli(args)
     if cli.summary and cli.trainer.is_global_zero:
         print(cli.summary)

@@ -7,7 +7,6 @@ import difflib
 import importlib
 import sys
 
-from mnist_lightning import interrupts
 from mnist_lightning.errors import UserError, one_line_errors
 from mnist_lightning.runs import slurm
 
@@ -44,7 +43,7 @@ def main(args: list[str] | None = None) -> None:
             hint = f"did you mean {close[0]}? " if close else ""
             raise UserError(f"no command {args[0]!r}: {hint}the commands are {', '.join(known)}")
     # Ctrl-C during the imports below (several seconds of them) ends with one line too.
-    with one_line_errors(), interrupts.handled(requeue=slurm.requeue if slurm.in_job() else None):
+    with one_line_errors(), slurm.signals_handled():
         if args[0] not in COMMANDS:
             from mnist_lightning.cli import cli_main  # Lightning's import is the slow part of start-up
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+
+from mnist_lightning import interrupts
 
 
 @dataclass(frozen=True)
@@ -29,23 +32,33 @@ class JobStep:
 
 def current_step() -> JobStep | None:
     """The SLURM job step this process runs in, or None outside one (an `salloc` shell runs no step)."""
-    job, step = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
+    job, step = job_id(), os.environ.get("SLURM_STEP_ID")
     if not job or step is None:
         return None
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     return JobStep(job, step, int(os.environ.get("SLURM_RESTART_COUNT") or 0))
 
 
+def job_id() -> str:
+    """This process's SLURM job as `scontrol` names it (`123`, or `120_4` for task 4 of array job 120); "" outside
+    a job."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID", "")
+
+
 def in_job() -> bool:
+    """Whether this process runs inside a SLURM job (a batch script, `srun`, `salloc`)."""
     return bool(os.environ.get("SLURM_JOB_ID"))
+
+
+def signals_handled() -> AbstractContextManager[None]:
+    """`interrupts.handled` for a command: inside a SLURM job, its requeue signal (SIGUSR1) too, which requeues it."""
+    return interrupts.handled(requeue=requeue if in_job() else None)
 
 
 def requeue() -> str:
     """Requeue this process's SLURM job (`scontrol requeue`), and say what happened in a few words."""
-    job = os.environ.get("SLURM_JOB_ID", "")
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    job = job_id()
     if not re.fullmatch(r"[0-9_]+", job):
         return "not requeued: this process is not part of a SLURM job"
     try:
