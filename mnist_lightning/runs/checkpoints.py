@@ -99,16 +99,24 @@ def _read_plain_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def dataset_of(checkpoint: dict[str, Any], source: str) -> DatasetSpec:
+def dataset_of(checkpoint: dict[str, Any], source: str, note_assumed: bool = False) -> DatasetSpec:
     """The dataset a checkpoint's network was trained on, with the classes and normalization it was trained with.
 
-    Checkpoints record it in the data module's state; those of earlier versions of this project only by name.
+    Checkpoints record it in the data module's state; those of earlier versions of this project only by name, and the
+    first ones not at all (then MNIST, said in a note on stderr when `note_assumed`).
     """
     facts = checkpoint.get(DATAMODULE_STATE, {}).get("dataset")
     if facts is not None:
         return dataset_of_record(facts, source)
-    name = (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset") or DEFAULT_DATASET
-    return get_dataset(name)
+    name = (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset")
+    spec = get_dataset(name or DEFAULT_DATASET)
+    if name is None and note_assumed:
+        print(
+            f"note: {source} does not record its dataset (an earlier version wrote it): taken as {spec.name}, with "
+            "its classes and normalization",
+            file=sys.stderr,
+        )
+    return spec
 
 
 def dataset_to_use(checkpoint: dict[str, Any], ckpt_path: str, asked: str | None) -> str:

@@ -122,18 +122,17 @@ def choose_run_folder(
     if resume_from is not None and (run := run_of_checkpoint(resume_from)) is not None:
         return RunFolder(run, resumed=True)
     root = runs_root(trainer)
+    logger = folder_logger(trainer.logger)
     try:
         if job_step is not None:
             folder = root / job_step.folder_name
             folder.mkdir(parents=True, exist_ok=True)  # by every process of the step: all of them know its name
             return RunFolder(folder, resumed=job_step.restarts > 0)
-        logger = folder_logger(trainer.logger)
         version = None if logger is None else logger.init_args.version
         if version is not None:
             return RunFolder(root / (f"version_{version}" if isinstance(version, int) else str(version)))
         return RunFolder(claim_next_version(root)) if claim else None
     except OSError as e:
-        logger = folder_logger(trainer.logger)
         flag = "logger.init_args.save_dir" if logger is not None and logger.init_args.save_dir else "default_root_dir"
         raise ArgumentError(
             f"log folder {root} cannot be made ({e.strerror}): {FIXES.get(e.errno, 'make it writable')}, or pass "

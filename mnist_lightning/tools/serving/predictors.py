@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,7 +89,7 @@ def load_probability_model(ckpt_path: Path) -> tuple[ProbabilityModel, ModelInfo
     checkpoint's dataset's statistics, and its info."""
     # Lightning is imported for checkpoints only: serving an ONNX model starts without it.
     from mnist_lightning.model import MNISTClassifier
-    from mnist_lightning.runs.checkpoints import DATAMODULE_STATE, dataset_of, read_checkpoint, val_accuracy_of
+    from mnist_lightning.runs.checkpoints import dataset_of, read_checkpoint, val_accuracy_of
 
     try:
         checkpoint = read_checkpoint(ckpt_path)
@@ -101,13 +100,7 @@ def load_probability_model(ckpt_path: Path) -> tuple[ProbabilityModel, ModelInfo
                 f"`python -m mnist_lightning serve --model {ckpt_path}`"
             ) from None
         raise
-    spec = dataset_of(checkpoint, f"--ckpt_path {ckpt_path}")
-    if DATAMODULE_STATE not in checkpoint and not (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset"):
-        print(
-            f"note: --ckpt_path {ckpt_path} does not record its dataset (an earlier version wrote it): taken as "
-            f"{spec.name}, with its classes and normalization",
-            file=sys.stderr,
-        )
+    spec = dataset_of(checkpoint, f"--ckpt_path {ckpt_path}", note_assumed=True)
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
     try:
         classifier = MNISTClassifier(**hparams)

@@ -58,7 +58,7 @@ STORAGE_HELP = (
     "pass postgresql://USER:PASSWORD@HOST/DB (a database that several machines share), or the path of a journal file "
     f"(by default lightning_logs/<study>/{JOURNAL_FILE})"
 )
-NOT_A_JOURNAL = "pass a new path, or the journal of a sweep (lightning_logs/<study>/optuna-journal.log)"
+NOT_A_JOURNAL = f"pass a new path, or the journal of a sweep (lightning_logs/<study>/{JOURNAL_FILE})"
 
 
 def check_storage(storage: str) -> str:
@@ -331,7 +331,7 @@ def reap_dead_trials(study: optuna.Study) -> list[int]:
     """
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get(PROCESS) or trial.user_attrs.get("worker")  # "worker": studies of before
+        worker = trial.user_attrs.get(PROCESS) or trial.user_attrs.get(WORKER)  # WORKER: studies of before
         if not worker or worker["host"] != HOST or is_running(worker["pid"], worker.get("started")):
             continue
         try:
