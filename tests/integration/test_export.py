@@ -131,5 +131,5 @@ def test_flags_that_cannot_work_are_refused(exported: Exported, tmp_path: Path) 
         load_predictor(exported.checkpoint, exported.model, "onnxruntime")
     with pytest.raises(ArgumentError, match="--runtime torch needs --ckpt_path"):
         load_predictor(None, exported.model, "torch")
-    with pytest.raises(ArgumentError, match="no such file"):
+    with pytest.raises(CheckpointError, match="no such file"):  # the file, not a flag: refused by read_model_file
         load_predictor(None, tmp_path / "missing.onnx", "onnxruntime")

@@ -290,7 +290,7 @@ NOT_COMPLETE = " is not a complete ONNX model (onnxruntime: Failed to load model
 NOT_COMPLETE += "was truncated, or not written by `python -m mnist_lightning export`; export the checkpoint again"
 BROKEN_MODELS = {
     # case: (the file's contents from the good model's (None: see the test), what the line says after `--model PATH`)
-    "missing": (None, ": no such file; write one with `python -m mnist_lightning export`"),
+    "missing": (None, ": no such file; write one with `python -m mnist_lightning export --ckpt_path CHECKPOINT`"),
     "empty": (lambda good, tiny: b"", " is an empty file (0 bytes): it was truncated or never written; export it"),
     "folder": (None, " is a folder: pass the .onnx file in it that `python -m mnist_lightning export --ckpt_path"),
     "text": (lambda good, tiny: b"a shopping list\n", NOT_COMPLETE),

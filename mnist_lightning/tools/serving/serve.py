@@ -43,9 +43,7 @@ def load_predictor(ckpt_path: Path | None, model: Path | None, runtime: str) -> 
     """The predictor for `--ckpt_path` or `--model` (exactly one of them) on `runtime`."""
     check_model_flags(ckpt_path, model, runtime)
     if model is not None:
-        if not model.exists():
-            raise ArgumentError(f"--model {model}: no such file; write one with `python -m mnist_lightning export`")
-        return OnnxPredictor(model, threads=1)
+        return OnnxPredictor(model, threads=1)  # a missing or broken file is refused there (read_model_file)
     probability_model, info = load_probability_model(ckpt_path)  # a broken checkpoint is refused before anything
     if runtime == "torch":
         return TorchPredictor(probability_model, info)
