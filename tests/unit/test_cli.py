@@ -4,14 +4,16 @@ not parse, and the process-wide defaults it sets."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from mnist_lightning.cli import cli_main
+from mnist_lightning.cli import build_cli, cli_main
 from mnist_lightning.defaults import stop_probing_for_nvml_without_gpus
+from mnist_lightning.errors import ArgumentError
 from tests.helpers import REPO_ROOT, exits_non_zero_with_an_error
 
 
@@ -86,3 +88,9 @@ def test_a_config_saved_by_the_previous_version_still_runs(
     assert printed["model"]["hidden_sizes"] == [64] and printed["trainer"]["profiler"]["class_path"].endswith(
         "NullProfiler"
     )
+
+
+def test_a_mistake_in_dict_args_names_their_subcommand_not_the_processs_own_argv(monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["pytest", "validate", "--bogus"])  # a caller's own command line (the sweep's)
+    with pytest.raises(ArgumentError, match=r"^--trainer\.max_epochs abc: .*`python -m mnist_lightning test --help`"):
+        build_cli({"subcommand": "test", "test": {"trainer": {"max_epochs": "abc"}}})
