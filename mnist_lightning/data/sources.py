@@ -71,10 +71,11 @@ def sha256_of(path: Path) -> str:
 # The chain
 
 
-def ensure_raw_files(spec: DatasetSpec, data_dir: Path) -> Path:
+def ensure_raw_files(spec: DatasetSpec, data_dir: Path, elsewhere: str = ELSEWHERE) -> Path:
     """Make sure the verified IDX files of `spec` are in `data_dir`, fetching what is missing; return their folder.
 
     Files already present are checked and never overwritten: a file that fails its check raises `DataError`.
+    `elsewhere`: how a user of the calling command points it at another data folder, for a folder it cannot write.
     """
     raw = spec.raw_dir(data_dir)
     if _verification_remembered(spec, raw):
@@ -89,14 +90,16 @@ def ensure_raw_files(spec: DatasetSpec, data_dir: Path) -> Path:
             )
     missing = [name for name in IDX_FILES if name not in present]
     if missing:
-        _fetch_missing(spec, raw, missing)
+        _fetch_missing(spec, raw, missing, elsewhere)
     _remember_verification(spec, raw)
     return raw
 
 
-def read_split(spec: DatasetSpec, data_dir: Path, split: Literal["train", "t10k"]) -> tuple[Tensor, Tensor]:
+def read_split(
+    spec: DatasetSpec, data_dir: Path, split: Literal["train", "t10k"], elsewhere: str = ELSEWHERE
+) -> tuple[Tensor, Tensor]:
     """The images (uint8, N×C×H×W) and labels of a verified split (`train` or `t10k`, the test set) of `spec`."""
-    raw = ensure_raw_files(spec, data_dir)
+    raw = ensure_raw_files(spec, data_dir, elsewhere)
     images = read_image_file(str(raw / f"{split}-images-idx3-ubyte")).unsqueeze(1)
     if images.shape[1:] != spec.image_shape:
         raise DataError(
@@ -106,17 +109,17 @@ def read_split(spec: DatasetSpec, data_dir: Path, split: Literal["train", "t10k"
     return images, read_label_file(str(raw / f"{split}-labels-idx1-ubyte"))
 
 
-def _fetch_missing(spec: DatasetSpec, raw: Path, missing: list[str]) -> None:
+def _fetch_missing(spec: DatasetSpec, raw: Path, missing: list[str], elsewhere: str) -> None:
     data_dir = raw.parent.parent
     try:
         raw.mkdir(parents=True, exist_ok=True)
         staging_parent = Path(tempfile.mkdtemp(prefix=".staging-", dir=raw.parent))
     except (NotADirectoryError, FileExistsError):
         raise DataError(
-            f"data folder {data_dir}: a file stands in its path, where a folder is needed: move it away {ELSEWHERE}"
+            f"data folder {data_dir}: a file stands in its path, where a folder is needed: move it away {elsewhere}"
         ) from None
     except OSError as e:
-        raise DataError(f"data folder {raw} is not writable ({e.strerror}): make it writable {ELSEWHERE}") from e
+        raise DataError(f"data folder {raw} is not writable ({e.strerror}): make it writable {elsewhere}") from e
     failures = [f"already on disk in {raw}: missing {', '.join(missing)}"]
     try:
         for source in (SOURCES[name] for name in spec.sources):
@@ -133,7 +136,7 @@ def _fetch_missing(spec: DatasetSpec, raw: Path, missing: list[str]) -> None:
             # Concurrent fetchers write identical bytes.
             for name in missing:
                 with (staging / name).open("rb") as staged:
-                    write_atomically(raw / name, lambda file: shutil.copyfileobj(staged, file), elsewhere=ELSEWHERE)
+                    write_atomically(raw / name, lambda file: shutil.copyfileobj(staged, file), elsewhere=elsewhere)
             return
     finally:
         shutil.rmtree(staging_parent, ignore_errors=True)

@@ -134,19 +134,13 @@ def check_output(output: Path, ckpt_path: Path, overwrite: bool) -> None:
 def official_test_set(info: ModelInfo, data_dir: Path | None) -> np.ndarray | None:
     """The official test set of the model's dataset as float32 N×C×H×W in [0, 1] (fetched like `fit` fetches it),
     or None when this installation does not know the dataset (a checkpoint of a dataset registered elsewhere)."""
-    from mnist_lightning.data.module import MNISTDataModule
+    from mnist_lightning.data.sources import default_data_dir, read_split
 
     if info.dataset not in DATASETS or DATASETS[info.dataset].image_shape != info.image_shape:
         return None
-    data = MNISTDataModule(data_dir=data_dir, dataset=info.dataset)
-    try:
-        data.prepare_data()
-        data.setup("test")
-    except UserError as e:  # the data module's lines name fit's flag, --data.data_dir; export's is --data_dir
-        if "--data.data_dir" not in str(e):
-            raise
-        raise type(e)(str(e).replace("--data.data_dir", "--data_dir")) from None
-    return (data.test_set.images.float() / 255).numpy()
+    elsewhere = "or pass --data_dir DIR (or set MNIST_LIGHTNING_DATA) for another data folder"
+    images, _ = read_split(DATASETS[info.dataset], data_dir or default_data_dir(), "t10k", elsewhere)
+    return (images.float() / 255).numpy()
 
 
 def random_images(info: ModelInfo, images: int = 256) -> np.ndarray:
