@@ -18,10 +18,11 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
+from mnist_lightning.datasets import DATASETS
 from mnist_lightning.errors import DataError
 
 MAX_PIXELS = 50_000_000
-MNIST_SHAPE = (1, 28, 28)
+MNIST_SHAPE = DATASETS["mnist"].image_shape
 BOX_SHARE = 20 / 28  # MNIST fits each digit into 20×20 pixels of its 28×28 field
 MIN_CONTRAST = 32  # grey levels between ink and paper below which an image counts as blank
 

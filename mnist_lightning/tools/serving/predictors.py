@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mnist_lightning.datasets import DatasetSpec
+from mnist_lightning.datasets import DATASETS, DatasetSpec
 from mnist_lightning.errors import CheckpointError, first_line
 from mnist_lightning.tools.serving.native import signals_held
 
@@ -58,7 +58,7 @@ class ModelInfo:
         if "image_shape" in metadata:
             shape = tuple(int(size) for size in json.loads(metadata["image_shape"]))
         else:
-            shape = input_shape or (1, 28, 28)
+            shape = input_shape or DATASETS["mnist"].image_shape
         classes = json.loads(metadata["classes"])
         if not isinstance(classes, list) or not classes or len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"classes {metadata['classes']}, image shape {list(shape)}")
