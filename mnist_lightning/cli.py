@@ -49,6 +49,7 @@ from mnist_lightning.runs.checkpoints import (
     resolve_checkpoint,
 )
 from mnist_lightning.runs.folders import (
+    CONFIG_FILE,
     RunFolder,
     choose_run_folder,
     folder_logger,
@@ -192,7 +193,7 @@ class MNISTLightningCLI(LightningCLI):
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             if resumed is not None and rank_zero_only.rank == 0:
                 print(f"Resuming {run.path} from {config.ckpt_path}")
-        elif (run.path / "config.yaml").exists() and not self.save_config_kwargs.get("overwrite"):
+        elif (run.path / CONFIG_FILE).exists() and not self.save_config_kwargs.get("overwrite"):
             raise ArgumentError(
                 f"run folder {run.path} holds another run: pass another --trainer.logger.init_args.version, or "
                 f"resume that run with --ckpt_path {run.path / 'checkpoints' / 'last.ckpt'}"

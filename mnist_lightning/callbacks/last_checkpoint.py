@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mnist_lightning import interrupts
 from mnist_lightning.errors import UserError
-from mnist_lightning.runs.folders import run_folder
+from mnist_lightning.runs.folders import command_on, run_folder
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -31,9 +31,7 @@ class LastCheckpoint(ModelCheckpoint):
         stopped_at = (
             f"at epoch {trainer.current_epoch}, step {trainer.global_step} (the state is saved to {checkpoint})"
         )
-        command = (
-            f"python -m mnist_lightning fit --config {run_folder(trainer) / 'config.yaml'} --ckpt_path {checkpoint}"
-        )
+        command = command_on("fit", run_folder(trainer), checkpoint)
         if interrupts.received() is not None:  # the command's last line says it
             interrupts.note_resume(stopped_at, command)
         else:

@@ -17,7 +17,7 @@ from mnist_lightning.data.module import MNISTDataModule
 from mnist_lightning.datasets import DEFAULT_DATASET, DatasetSpec, dataset_of_record, get_dataset
 from mnist_lightning.errors import CheckpointError
 from mnist_lightning.model import MNISTClassifier
-from mnist_lightning.runs.folders import run_of_checkpoint
+from mnist_lightning.runs.folders import CONFIG_FILE, command_on, run_of_checkpoint
 from mnist_lightning.runs.slurm import JobStep
 
 # Hyperparameters that decide the shapes of the weights.
@@ -40,9 +40,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         if alternative is None:
             raise
         run = run_of_checkpoint(path)
-        config = None if run is None else run / "config.yaml"
-        if config is not None and config.is_file():
-            hint = f"resume with: python -m mnist_lightning fit --config {config} --ckpt_path {alternative}"
+        if run is not None and (run / CONFIG_FILE).is_file():
+            hint = f"resume with: {command_on('fit', run, alternative)}"
         else:
             hint = f"pass --ckpt_path {alternative} instead"
         raise CheckpointError(f"{e}; the newest checkpoint beside it that loads is {alternative}: {hint}") from None

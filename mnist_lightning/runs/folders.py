@@ -28,6 +28,7 @@ from mnist_lightning.files import FIXES
 from mnist_lightning.runs.slurm import JobStep
 
 DEFAULT_NAME = "lightning_logs"
+CONFIG_FILE = "config.yaml"  # the run's resolved configuration (LightningCLI's SaveConfigCallback writes it)
 VERSION = re.compile(r"version_(\d+)")
 FOLDER_LOGGERS = (TensorBoardLogger, CSVLogger)
 
@@ -90,7 +91,7 @@ def remove_if_unused(folder: Path) -> None:
     """Remove a run folder that holds nothing but config.yaml and hparams.yaml: what a run that failed before it
     logged anything leaves (a missing dataset, a flag Lightning refuses)."""
     files = [path for path in folder.rglob("*") if path.is_file()] if folder.is_dir() else []
-    if all(path.parent == folder and path.name in ("config.yaml", "hparams.yaml") for path in files):
+    if all(path.parent == folder and path.name in (CONFIG_FILE, "hparams.yaml") for path in files):
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -138,6 +139,11 @@ def choose_run_folder(
             f"log folder {root} cannot be made ({e.strerror}): {FIXES.get(e.errno, 'make it writable')}, or pass "
             f"--trainer.{flag} DIR for runs elsewhere"
         ) from None
+
+
+def command_on(subcommand: str, run: Path, checkpoint: Path | str) -> str:
+    """The command that runs `subcommand` again on a checkpoint of the run in folder `run`, with the run's config."""
+    return f"python -m mnist_lightning {subcommand} --config {run / CONFIG_FILE} --ckpt_path {checkpoint}"
 
 
 def point_at(trainer: Namespace, run: RunFolder, resumed_step: int | None = None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from mnist_lightning.runs.folders import run_folder
+from mnist_lightning.runs.folders import command_on, run_folder
 
 
 def fit_summary(
@@ -31,6 +31,5 @@ def fit_summary(
     elif isinstance(logger, CSVLogger):
         lines.append(f"Metrics           {Path(logger.experiment.metrics_file_path)}")
     if best_path:
-        command = f"python -m mnist_lightning test --config {run / 'config.yaml'} --ckpt_path {best_path}"
-        lines.append(f"Test it again     {command}")
+        lines.append(f"Test it again     {command_on('test', run, best_path)}")
     return "\n" + "\n".join(lines)

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mnist_lightning.callbacks.figures import save_png
 from mnist_lightning.cli import build_cli
 from mnist_lightning.files import write_csv
+from mnist_lightning.runs.folders import CONFIG_FILE
 from mnist_lightning.tools.sweep.study import WORKER, Sweep, shown_storage
 
 matplotlib.use("Agg")  # the plots are written to files, never shown in a window
@@ -82,7 +83,7 @@ def test_best_trial(study: optuna.Study, sweep: Sweep, best: FrozenTrial) -> flo
     if recorded and recorded["trial"] == best.number:
         return recorded["test_acc"]
     checkpoint = best.user_attrs.get("checkpoint")
-    config = sweep.trial_folder(best.number) / "config.yaml"
+    config = sweep.trial_folder(best.number) / CONFIG_FILE
     if not checkpoint:
         print(f"note: trial {best.number} kept no checkpoint (checkpointing is off): nothing to test")
         return None
