@@ -77,6 +77,8 @@ def test_each_trial_is_a_run_folder_with_config_checkpoints_and_hparams(swept: t
         events = EventAccumulator(str(folder))
         events.Reload()
         assert events.PluginTagToContent("hparams"), "no HPARAMS for TensorBoard"
+        if trial.state in COUNTED:  # (a trial that failed before its first validation logged no metric)
+            assert all(event.step > 0 for event in events.Scalars(SWEEP["metric"])), "only values of validations"
     assert not (workdir / "lightning_logs" / "version_0").exists()
 
 

@@ -220,7 +220,9 @@ class TrialMonitor(PyTorchLightningPruningCallback):
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         super().on_fit_start(trainer, pl_module)
         if trainer.logger is not None:
-            trainer.logger.log_hyperparams(self.trial.params, {self.monitor_name: 0})
+            # Without metrics: given one, Lightning's loggers also log it as a value (0 at step 0, in every curve of
+            # the metric); the dashboard's Hparams panel declares the metric columns.
+            trainer.logger.log_hyperparams(self.trial.params)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.sanity_checking:
