@@ -14,7 +14,7 @@ import torch
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.helpers import REPO_ROOT, subprocess_env, write_sweep
+from tests.helpers import REPO_ROOT, subprocess_env, write_sweep, write_synthetic_mnist
 from tests.system.slurm_cluster import SlurmCluster, slurm  # noqa: F401 (the session's cluster)
 
 # 1,000 training images over 2 tasks in batches of 1: 500 steps per epoch, a second or two on 2 cores, so that a
@@ -85,10 +85,16 @@ def test_a_two_task_fit_trains_ddp_tests_and_prints_its_summary(
 def test_the_requeue_signal_requeues_the_job_which_resumes_in_its_folder_to_the_same_epoch_count(
     cluster: SlurmCluster, synthetic_dir: Path, tmp_path: Path, moment: str
 ) -> None:
-    job = fit(cluster, tmp_path, synthetic_dir, *SLOW_FIT)
     if moment == "training":  # once the first epoch is saved, while the second trains
+        job = fit(cluster, tmp_path, synthetic_dir, *SLOW_FIT)
         wait_until(lambda: any(tmp_path.glob("lightning_logs/*/checkpoints/last.ckpt")))
     else:  # between the fit and the test after it, or during that test
+        # 300 test images took under a second, which the signal could miss (the job then ends unrequeued); 6,000 in
+        # batches of 1 take a few seconds.
+        data_dir = tmp_path / "data"
+        write_synthetic_mnist(data_dir, test=6000)
+        cluster = dataclasses.replace(cluster, env={**cluster.env, "MNIST_LIGHTNING_TEST_SYNTHETIC": str(data_dir)})
+        job = fit(cluster, tmp_path, data_dir, *SLOW_FIT)
         wait_until(lambda: "`Trainer.fit` stopped" in output_of(tmp_path, job))
     assert cluster.run(["scancel", "--signal=USR1", str(job)]).returncode == 0
     assert cluster.wait(job, timeout=240) == "COMPLETED", output_of(tmp_path, job)[-3000:]
