@@ -136,7 +136,10 @@ class JournalFile(JournalFileBackend):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.lock = JournalFileSymlinkLock(path)
+        # A lock left by a killed writer is taken over after Optuna's grace period (30 s without a journal write),
+        # which stats the lock symlink's target. A relative target resolves beside the link, not from here: a
+        # dangling link that Optuna's stat never reads, so a relative path waited for that lock forever, at 100 % CPU.
+        self.lock = JournalFileSymlinkLock(os.path.abspath(path))
         try:
             super().__init__(path, self.lock)  # creates an empty file where there is none
         except OSError as e:
