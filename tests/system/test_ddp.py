@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,10 +48,14 @@ def test_testing_under_ddp_gives_the_single_process_accuracy(ddp_run: tuple[Path
     assert printed_test_accuracy(single) == printed_test_accuracy(double)
 
 
-def test_a_run_resumes_across_ddp_and_a_single_process(synthetic_dir: Path, tmp_path: Path) -> None:
+def test_a_run_resumes_across_ddp_and_a_single_process(
+    tiny_checkpoint: Path, synthetic_dir: Path, tmp_path: Path
+) -> None:
+    # The session's tiny run: one epoch of RUN in a single process.
+    shutil.copytree(tiny_checkpoint.parents[2], tmp_path / "lightning_logs")
     last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["global_step"] == 20
     resume = [f"--ckpt_path={last}", "--test_after_fit=false"]
-    run_cli(synthetic_dir, tmp_path, "fit", *RUN, "--trainer.max_epochs=1", "--test_after_fit=false")
     run_cli(synthetic_dir, tmp_path, "fit", *RUN, *DDP, "--trainer.max_epochs=2", *resume)
     assert read_checkpoint(last)["global_step"] == 20 + 10
     run_cli(synthetic_dir, tmp_path, "fit", *RUN, "--trainer.max_epochs=3", *resume)

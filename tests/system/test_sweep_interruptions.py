@@ -37,8 +37,11 @@ from tests.helpers import (
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 CONTINUOUS = {"model.lr": {"low": 0.0005, "high": 0.02, "log": True}, "model.hidden_sizes": {"choices": [[16], [32]]}}
-# Trials of 20 epochs of 20 steps (a few seconds): long enough to be stopped in, once their first epoch is saved.
-LONG = {**SWEEP["fit"], "trainer": {"max_epochs": 20, "enable_progress_bar": False}}
+# Trials of 8 epochs of 20 steps (a few seconds): long enough to be stopped in, once their first epoch is saved.
+LONG = {**SWEEP["fit"], "trainer": {"max_epochs": 8, "enable_progress_bar": False}}
+# With two workers, 20 epochs: the first worker's trial must still run when the second (seconds of imports later)
+# has saved its first epoch.
+LONGER = {**LONG, "trainer": {**LONG["trainer"], "max_epochs": 20}}
 # Trials of 2 steps: where what matters happens outside them.
 TINY = {**SWEEP["fit"], "trainer": {**LONG["trainer"], "max_epochs": 1, "limit_train_batches": 2}}
 NO_PRUNING = {"n_startup_trials": 100}
@@ -117,7 +120,7 @@ def test_a_stopped_trial_is_fail_and_the_resume_command_retries_exactly_its_para
 
 
 def test_ctrl_c_stops_every_worker_and_queues_each_stopped_trial(synthetic_dir: Path, tmp_path: Path) -> None:
-    config = write_sweep(tmp_path, fit=LONG, search_space=CONTINUOUS, n_trials=3, pruner=NO_PRUNING)
+    config = write_sweep(tmp_path, fit=LONGER, search_space=CONTINUOUS, n_trials=3, pruner=NO_PRUNING)
     process = start_sweep(synthetic_dir, tmp_path, f"--config={config}", "--workers=2")
     wait_for_saved_epochs(tmp_path, process, trials=2)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,11 @@ def test_unknown_keys_and_values_are_one_line_errors_before_any_trial(
     assert not (workdir / "lightning_logs").exists()
 
 
-def test_an_unreachable_storage_is_a_one_line_error(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+def test_an_unreachable_storage_is_a_one_line_error(
+    workdir: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(time, "sleep", pauses.append)  # the pauses between attempts, recorded instead of waited
     port = free_port()
     line = sweep_error(
         capsys, f"--config={write_sweep(workdir)}", f"--storage=postgresql://postgres@127.0.0.1:{port}/x"
@@ -48,3 +53,4 @@ def test_an_unreachable_storage_is_a_one_line_error(workdir: Path, capsys: pytes
     )
     assert "secret" not in line and f"me:***@127.0.0.1:{port}/x cannot be reached" in line
     assert not (workdir / "lightning_logs").exists()
+    assert pauses == [1, 2, 1, 2], "each command tried three times, a moment apart, before giving up"
