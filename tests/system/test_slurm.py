@@ -19,7 +19,7 @@ from tests.system.slurm_cluster import SlurmCluster, slurm  # noqa: F401 (the se
 
 # 1,000 training images over 2 tasks in batches of 1: 500 steps per epoch, a second or two on 2 cores, so that a
 # signal sent once the first epoch is saved arrives while later ones train.
-SLOW_FIT = ["--data.val_size=200", "--data.batch_size=1", "--model.hidden_sizes=[16]", "--trainer.max_epochs=4"]
+SLOW_FIT = ["--data.val_size=200", "--data.batch_size=1", "--model.hidden_sizes=[16]", "--trainer.max_epochs=3"]
 SLOW_FIT += ["--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=20"]
 STEPS_PER_EPOCH = 500
 
@@ -89,10 +89,10 @@ def test_the_requeue_signal_requeues_the_job_which_resumes_in_its_folder_to_the_
         job = fit(cluster, tmp_path, synthetic_dir, *SLOW_FIT)
         wait_until(lambda: any(tmp_path.glob("lightning_logs/*/checkpoints/last.ckpt")))
     else:  # between the fit and the test after it, or during that test
-        # 300 test images took under a second, which the signal could miss (the job then ends unrequeued); 6,000 in
+        # 300 test images took under a second, which the signal could miss (the job then ends unrequeued); 3,000 in
         # batches of 1 take a few seconds.
         data_dir = tmp_path / "data"
-        write_synthetic_mnist(data_dir, test=6000)
+        write_synthetic_mnist(data_dir, test=3000)
         cluster = dataclasses.replace(cluster, env={**cluster.env, "MNIST_LIGHTNING_TEST_SYNTHETIC": str(data_dir)})
         job = fit(cluster, tmp_path, data_dir, *SLOW_FIT)
         wait_until(lambda: "`Trainer.fit` stopped" in output_of(tmp_path, job))
@@ -103,7 +103,7 @@ def test_the_requeue_signal_requeues_the_job_which_resumes_in_its_folder_to_the_
     assert "stopped by SLURM's requeue signal (SIGUSR1)" in output and f"job {job} is requeued" in output, output
     assert "Traceback" not in output
     assert re.search(r"Test accuracy\s+[01]\.\d{4}", output)
-    assert_finished_as_uninterrupted(run_folder_of(tmp_path, job), 4, STEPS_PER_EPOCH)
+    assert_finished_as_uninterrupted(run_folder_of(tmp_path, job), 3, STEPS_PER_EPOCH)
 
 
 def test_a_hard_requeue_resumes_from_the_last_checkpoint_to_the_same_epoch_count(
@@ -116,7 +116,7 @@ def test_a_hard_requeue_resumes_from_the_last_checkpoint_to_the_same_epoch_count
     assert cluster.job_info(job)["Restarts"] == "1"
     output = output_of(tmp_path, job)
     assert re.search(rf"Resuming lightning_logs/slurm_{job}\.0 from \S+\.ckpt", output), output[-3000:]
-    assert_finished_as_uninterrupted(run_folder_of(tmp_path, job), 4, STEPS_PER_EPOCH)
+    assert_finished_as_uninterrupted(run_folder_of(tmp_path, job), 3, STEPS_PER_EPOCH)
 
 
 def test_a_two_task_sweep_array_shares_one_study_reaches_n_trials_and_a_preempted_worker_rejoins(
