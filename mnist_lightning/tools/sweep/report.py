@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mnist_lightning.callbacks.figures import save_png
 from mnist_lightning.cli import build_cli
 from mnist_lightning.files import write_csv
-from mnist_lightning.runs.folders import CONFIG_FILE
+from mnist_lightning.runs.folders import CONFIG_FILE, command_on
 from mnist_lightning.tools.sweep.study import WORKER, Sweep, shown_storage
 
 matplotlib.use("Agg")  # the plots are written to files, never shown in a window
@@ -83,7 +83,8 @@ def test_best_trial(study: optuna.Study, sweep: Sweep, best: FrozenTrial) -> flo
     if recorded and recorded["trial"] == best.number:
         return recorded["test_acc"]
     checkpoint = best.user_attrs.get("checkpoint")
-    config = sweep.trial_folder(best.number) / CONFIG_FILE
+    folder = sweep.trial_folder(best.number)
+    config = folder / CONFIG_FILE
     if not checkpoint:
         print(f"note: trial {best.number} kept no checkpoint (checkpointing is off): nothing to test")
         return None
@@ -91,7 +92,7 @@ def test_best_trial(study: optuna.Study, sweep: Sweep, best: FrozenTrial) -> flo
         host = best.user_attrs.get(WORKER, {}).get("host", "another machine")
         print(
             f"note: trial {best.number}'s best checkpoint is not on this machine but on {host}: test it there with "
-            f"python -m mnist_lightning test --config {config} --ckpt_path {checkpoint}"
+            f"{command_on('test', folder, checkpoint)}"
         )
         return None
     print(f"\nTesting trial {best.number}'s best checkpoint on the official test set")
