@@ -25,11 +25,16 @@ STEPS_PER_EPOCH = 500
 
 
 @pytest.fixture
-def cluster(slurm: SlurmCluster, synthetic_dir: Path, tmp_path: Path) -> SlurmCluster:  # noqa: F811
-    """The session's cluster, submitting from tmp_path with this checkout's Python and the synthetic data trusted."""
-    env = {**subprocess_env(MNIST_LIGHTNING_TEST_SYNTHETIC=str(synthetic_dir)), **slurm.env}
+def cluster(slurm: SlurmCluster, synthetic_dir: Path) -> SlurmCluster:  # noqa: F811
+    """The session's cluster, submitting with this checkout's Python and the synthetic data trusted."""
+    return trusting(slurm, synthetic_dir)
+
+
+def trusting(cluster: SlurmCluster, data_dir: Path) -> SlurmCluster:
+    """`cluster`, whose jobs run this checkout's Python and accept the synthetic files in `data_dir` as MNIST."""
+    env = {**subprocess_env(MNIST_LIGHTNING_TEST_SYNTHETIC=str(data_dir)), **cluster.env}
     env["PYTHONPATH"] = subprocess_env()["PYTHONPATH"]
-    return dataclasses.replace(slurm, env=env)
+    return dataclasses.replace(cluster, env=env)
 
 
 def fit(cluster: SlurmCluster, workdir: Path, synthetic_dir: Path, *args: str) -> int:
@@ -83,7 +88,11 @@ def test_a_two_task_fit_trains_ddp_tests_and_prints_its_summary(
 
 @pytest.mark.parametrize("moment", ["training", "end of fit"])
 def test_the_requeue_signal_requeues_the_job_which_resumes_in_its_folder_to_the_same_epoch_count(
-    cluster: SlurmCluster, synthetic_dir: Path, tmp_path: Path, moment: str
+    slurm: SlurmCluster,  # noqa: F811
+    cluster: SlurmCluster,
+    synthetic_dir: Path,
+    tmp_path: Path,
+    moment: str,
 ) -> None:
     if moment == "training":  # once the first epoch is saved, while the second trains
         job = fit(cluster, tmp_path, synthetic_dir, *SLOW_FIT)
@@ -93,7 +102,7 @@ def test_the_requeue_signal_requeues_the_job_which_resumes_in_its_folder_to_the_
         # batches of 1 take a few seconds.
         data_dir = tmp_path / "data"
         write_synthetic_mnist(data_dir, test=3000)
-        cluster = dataclasses.replace(cluster, env={**cluster.env, "MNIST_LIGHTNING_TEST_SYNTHETIC": str(data_dir)})
+        cluster = trusting(slurm, data_dir)
         job = fit(cluster, tmp_path, data_dir, *SLOW_FIT)
         wait_until(lambda: "`Trainer.fit` stopped" in output_of(tmp_path, job))
     assert cluster.run(["scancel", "--signal=USR1", str(job)]).returncode == 0
