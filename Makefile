@@ -8,9 +8,19 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # Exactly the versions in requirements.lock (hashes checked), then the project itself; again only when they change.
+# uv installs them: 51 s into an empty venv against 132 s for pip (2-core AMD EPYC, 2026-12-02), the longest step of
+# `make test` from a fresh clone. uv reads no pip configuration: pip's wheel folders and extra indexes (local mirrors
+# on some machines) are handed to it, every index may offer a pinned version (the hashes decide which file is right),
+# and where uv cannot be had, pip installs the same files.
+UV := uv==0.13.9
+UV_FROM_PIP = UV_FIND_LINKS="$$(echo $$PIP_FIND_LINKS $$($(BIN)/python -m pip config get global.find-links 2>/dev/null) | tr ' ' ,)" \
+	UV_EXTRA_INDEX_URL="$$($(BIN)/python -m pip config get global.extra-index-url 2>/dev/null)"
+UV_INSTALL = $(UV_FROM_PIP) $(BIN)/uv pip install --python $(BIN)/python --quiet --native-tls --compile-bytecode \
+	--index-strategy unsafe-best-match
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet $(UV) && $(UV_INSTALL) --require-hashes -r requirements.lock \
+		|| $(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

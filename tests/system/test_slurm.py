@@ -1,11 +1,12 @@
 """slurm/fit.sbatch and slurm/sweep.sbatch on a real one-node SLURM cluster (tests/system/slurm_cluster.py): a 2-task
-DDP fit, preemption by SLURM's requeue signal and by a hard requeue, and a 2-task sweep array reaching n_trials."""
+DDP fit, a job preempted by SLURM's requeue signal and by a hard requeue, and a 2-task sweep array reaching n_trials."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -86,45 +87,37 @@ def test_a_two_task_fit_trains_ddp_tests_and_prints_its_summary(
     assert_finished_as_uninterrupted(run, 20, 10)
 
 
-@pytest.mark.parametrize("moment", ["training", "end of fit"])
-def test_the_requeue_signal_requeues_the_job_which_resumes_in_its_folder_to_the_same_epoch_count(
+def test_a_job_preempted_three_times_resumes_in_its_folder_each_time_to_the_same_epoch_count(
     slurm: SlurmCluster,  # noqa: F811
-    cluster: SlurmCluster,
-    synthetic_dir: Path,
     tmp_path: Path,
-    moment: str,
 ) -> None:
-    if moment == "training":  # once the first epoch is saved, while the second trains
-        job = fit(cluster, tmp_path, synthetic_dir, *SLOW_FIT)
-        wait_until(lambda: any(tmp_path.glob("lightning_logs/*/checkpoints/last.ckpt")))
-    else:  # between the fit and the test after it, or during that test
-        # 300 test images took under a second, which the signal could miss (the job then ends unrequeued); 3,000 in
-        # batches of 1 take a few seconds.
-        data_dir = tmp_path / "data"
-        write_synthetic_mnist(data_dir, test=3000)
-        cluster = trusting(slurm, data_dir)
-        job = fit(cluster, tmp_path, data_dir, *SLOW_FIT)
-        wait_until(lambda: "`Trainer.fit` stopped" in output_of(tmp_path, job))
+    """SLURM's requeue signal while an epoch trains, a hard requeue (`scontrol requeue`: no signal, whatever the moment)
+    of the resumed run, then the requeue signal after the fit, during the test: three runs resumed, one job."""
+    # 300 test images took under a second, which the last signal could miss (the job then ends unrequeued); 3,000 in
+    # batches of 1 take a few seconds.
+    data_dir = tmp_path / "data"
+    write_synthetic_mnist(data_dir, test=3000)
+    cluster = trusting(slurm, data_dir)
+    job = fit(cluster, tmp_path, data_dir, *SLOW_FIT)
+
+    def printed(text: str, times: int = 1) -> Callable[[], bool]:
+        return lambda: output_of(tmp_path, job).count(text) >= times
+
+    wait_until(lambda: any(tmp_path.glob("lightning_logs/*/checkpoints/last.ckpt")))  # the first epoch is saved
+    assert cluster.run(["scancel", "--signal=USR1", str(job)]).returncode == 0
+    wait_until(printed(f"Resuming lightning_logs/slurm_{job}.0 from"))  # the second run, before or while it trains
+    assert cluster.run(["scontrol", "requeue", str(job)]).returncode == 0
+    # The third run, between its fit and its test or during that test:
+    wait_until(printed("`Trainer.fit` stopped: `max_epochs"), timeout=180)
     assert cluster.run(["scancel", "--signal=USR1", str(job)]).returncode == 0
     assert cluster.wait(job, timeout=240) == "COMPLETED", output_of(tmp_path, job)[-3000:]
-    assert cluster.job_info(job)["Restarts"] == "1"
     output = output_of(tmp_path, job)
-    assert "stopped by SLURM's requeue signal (SIGUSR1)" in output and f"job {job} is requeued" in output, output
+    assert cluster.job_info(job)["Restarts"] == "3", output[-3000:]
+    assert output.count("stopped by SLURM's requeue signal (SIGUSR1)") == 2, output[-3000:]
+    assert output.count(f"job {job} is requeued") == 2
+    assert len(re.findall(rf"Resuming lightning_logs/slurm_{job}\.0 from \S+\.ckpt", output)) == 3, output[-3000:]
     assert "Traceback" not in output
     assert re.search(r"Test accuracy\s+[01]\.\d{4}", output)
-    assert_finished_as_uninterrupted(run_folder_of(tmp_path, job), 3, STEPS_PER_EPOCH)
-
-
-def test_a_hard_requeue_resumes_from_the_last_checkpoint_to_the_same_epoch_count(
-    cluster: SlurmCluster, synthetic_dir: Path, tmp_path: Path
-) -> None:
-    job = fit(cluster, tmp_path, synthetic_dir, *SLOW_FIT)
-    wait_until(lambda: any(tmp_path.glob("lightning_logs/*/checkpoints/last.ckpt")))
-    assert cluster.run(["scontrol", "requeue", str(job)]).returncode == 0
-    assert cluster.wait(job, timeout=240) == "COMPLETED", output_of(tmp_path, job)[-3000:]
-    assert cluster.job_info(job)["Restarts"] == "1"
-    output = output_of(tmp_path, job)
-    assert re.search(rf"Resuming lightning_logs/slurm_{job}\.0 from \S+\.ckpt", output), output[-3000:]
     assert_finished_as_uninterrupted(run_folder_of(tmp_path, job), 3, STEPS_PER_EPOCH)
 
 
