@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mnist_lightning.runs.checkpoints import read_checkpoint
-from tests.helpers import printed_test_accuracy, run_cli
+from tests.helpers import printed_path, printed_test_accuracy, run_cli
 
 pytestmark = pytest.mark.ddp
 
@@ -40,12 +40,12 @@ def test_two_processes_share_each_epoch_and_only_rank_0_writes(ddp_run: tuple[Pa
 
 
 def test_testing_under_ddp_gives_the_single_process_accuracy(ddp_run: tuple[Path, str], synthetic_dir: Path) -> None:
-    workdir, _ = ddp_run
-    checkpoint = f"--ckpt_path={workdir / 'lightning_logs' / 'version_0' / 'checkpoints' / 'last.ckpt'}"
-    single = run_cli(synthetic_dir, workdir, "test", *RUN, checkpoint)
-    double = run_cli(synthetic_dir, workdir, "test", *RUN, *DDP, checkpoint)
+    workdir, fit_output = ddp_run
+    # The test after the DDP fit ran under DDP too, on the best checkpoint, which it names.
+    best = printed_path("Best checkpoint", fit_output)
+    single = run_cli(synthetic_dir, workdir, "test", *RUN, f"--ckpt_path={best}")
     # 300 test images split evenly, metrics synced.
-    assert printed_test_accuracy(single) == printed_test_accuracy(double)
+    assert printed_test_accuracy(single) == printed_test_accuracy(fit_output)
 
 
 def test_a_run_resumes_across_ddp_and_a_single_process(
