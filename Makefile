@@ -42,8 +42,8 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -m "not system" -n 2 --dist loadfile
-	$(BIN)/python -m pytest -m system -n 2 --dist loadfile
+	$(BIN)/python -m pytest -m "not system" -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -m system -n 2 --dist loadfile --no-loadscope-reorder
 
 fit: $(STAMP)
 	$(BIN)/python -m mnist_lightning fit --config configs/seed.yaml

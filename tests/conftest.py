@@ -27,9 +27,9 @@ from tests.helpers import (
 )
 
 TIERS = ("unit", "integration", "system")
-LONGEST_FILES = tuple(
-    f"system/test_{name}.py" for name in ("slurm", "ddp", "sweep_interruptions", "bench", "sweep", "cli_processes")
-)
+# By their summed --durations in a full system tier, longest first (2026-12-02).
+LONGEST = ("slurm", "sweep_interruptions", "cli_processes", "bench", "ddp", "serving_processes", "sweep")
+LONGEST_FILES = tuple(f"system/test_{name}.py" for name in LONGEST)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -40,7 +40,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(f"{item.nodeid}: every test lives in one of tests/{{{','.join(TIERS)}}}/")
         item.add_marker(tier)
     # Longest first, so that `make test`'s two workers (pytest-xdist, --dist loadfile) end together instead of one
-    # finishing a long file alone: the files that take minutes (--durations), then the rest of the system tier.
+    # finishing a long file alone: the files that take minutes (--durations), then the rest of the system tier. The
+    # Makefile passes --no-loadscope-reorder: by default xdist sends the files with the most tests first instead.
     items.sort(key=lambda item: schedule_rank(item.path.relative_to(tests)))
 
 
