@@ -35,9 +35,9 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 # Every tier (README's Development section); the first pytest line is the quick edit loop. Two workers, a test file
-# each at a time (module fixtures are built once), the longest files first (tests/conftest.py). The system tier runs
-# on its own: beside it, the in-process tiers made the whole run slower (12 min 7 s from a fresh clone against
-# 11 min 6 s).
+# each at a time (module fixtures are built once), the longest files first (tests/conftest.py; --no-loadscope-reorder
+# keeps that order, where xdist would send the files with the most tests first). The system tier runs on its own:
+# with the in-process tiers beside it, or in one pytest run with them, the whole was slower here (README).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
