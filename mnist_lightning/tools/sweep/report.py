@@ -99,7 +99,7 @@ def test_best_trial(study: optuna.Study, sweep: Sweep, best: FrozenTrial) -> flo
     # Its figures and events go to the trial's folder, `test/` (again, should a test have been interrupted).
     cli = build_cli(
         ["test", f"--config={config}", f"--ckpt_path={checkpoint}", "--verbose=false"],
-        run_folder=sweep.trial_folder(best.number) / "test",
+        run_folder=folder / "test",
         save_config_kwargs={"overwrite": True},
     )
     test_acc = float(cli.trainer.callback_metrics["test/acc"])
