@@ -167,3 +167,13 @@ def test_the_gpu_check_runs_on_the_cpu_and_reports_where_the_data_lives(
         assert 0 <= run["test_accuracy"] <= 1
         assert run["htod_copies_in_profiled_epoch"] == 0, "the profiled epoch ran, and nothing crossed to a device"
     assert list((tmp_path / "results").glob("gpu-check-*.md"))
+
+
+def test_the_startup_benchmark_times_the_imports_and_both_ways_of_parsing_and_writes_its_report(tmp_path: Path) -> None:
+    startup = load_bench("startup")
+    report = startup.main(["--repeats=1", f"--output={tmp_path}"])
+    summary = report["cpu_seconds_median"]
+    assert set(summary) == set(startup.KINDS) == set(report["runs"])
+    assert all(row["imports"] > 1 and 0 < row["parse"] < row["imports"] for row in summary.values())
+    markdown = next(tmp_path.glob("startup-*.md")).read_text()
+    assert "| one-parser |" in markdown and "| four-parsers |" in markdown and "of CPU per process" in markdown

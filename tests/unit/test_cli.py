@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from mnist_lightning.cli import build_cli, cli_main
+from mnist_lightning.cli import build_cli, cli_main, named_subcommand
 from mnist_lightning.defaults import stop_probing_for_nvml_without_gpus
 from mnist_lightning.errors import ArgumentError
 from tests.helpers import REPO_ROOT, exits_non_zero_with_an_error
@@ -94,3 +94,24 @@ def test_a_mistake_in_dict_args_names_their_subcommand_not_the_processs_own_argv
     monkeypatch.setattr(sys, "argv", ["pytest", "validate", "--bogus"])  # a caller's own command line (the sweep's)
     with pytest.raises(ArgumentError, match=r"^--trainer\.max_epochs abc: .*`python -m mnist_lightning test --help`"):
         build_cli({"subcommand": "test", "test": {"trainer": {"max_epochs": "abc"}}})
+
+
+def test_only_the_named_subcommands_parser_is_built(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each of LightningCLI's four parsers takes a tenth of a second or more to build (benchmarks/startup.py): the
+    project builds only the one its arguments start with, and all four when they start with a flag."""
+    assert named_subcommand(["test", "--trainer.max_epochs=1"]) == "test"
+    assert named_subcommand({"subcommand": "validate", "validate": {}}) == "validate"
+    assert named_subcommand(["--config", "run.yaml", "fit"]) is None and named_subcommand([]) is None
+    monkeypatch.setattr(sys, "argv", ["mnist-lightning", "predict", "--data.batch_size=8"])
+    assert named_subcommand(None) == "predict"
+
+    cli = build_cli(["fit", "--trainer.max_epochs=2"], parse_only=True)
+    assert cli.subcommands() == {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}}
+    assert "{fit}" in cli.parser.format_help()  # the subcommands Lightning actually built, as argparse lists them
+    assert cli.config["fit"]["trainer"]["max_epochs"] == 2
+
+    config = tmp_path / "all.yaml"
+    config.write_text("fit:\n  trainer:\n    max_epochs: 3\n")
+    cli = build_cli(["--config", str(config), "fit"], parse_only=True)
+    assert "{fit,validate,test,predict}" in cli.parser.format_help()
+    assert cli.config["subcommand"] == "fit" and cli.config["fit"]["trainer"]["max_epochs"] == 3
