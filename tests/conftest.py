@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from mnist_lightning.datasets import DATASETS
 from tests.helpers import (
@@ -41,9 +40,13 @@ def pytest_configure(config: pytest.Config) -> None:
     starts; with torch's default of a thread per core, four threads share the two cores and spin waiting for each
     other. One thread each took 11 % less CPU and time for the same system tier, 6 % for the in-process tiers (A/B runs
     of `make test`'s two pytest lines, 2-core AMD EPYC, 2026-12-02; README's Development section).
+
+    torch reads the variable when it loads, which in the pytest processes is later, at collection (the controller of
+    `-n 2` never loads it).
     """
     os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
+    if "torch" in sys.modules:  # loaded already, by a plugin
+        sys.modules["torch"].set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
