@@ -7,6 +7,7 @@ import difflib
 import importlib
 import sys
 
+from mnist_lightning import interrupts
 from mnist_lightning.errors import UserError, one_line_errors
 from mnist_lightning.runs import slurm
 
@@ -42,16 +43,17 @@ def main(args: list[str] | None = None) -> None:
             close = difflib.get_close_matches(args[0], known, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
             raise UserError(f"no command {args[0]!r}: {hint}the commands are {', '.join(known)}")
-    # Ctrl-C during the imports below (several seconds of them) ends with one line too.
+    # Ctrl-C during the imports below (several seconds of them) ends with one line too, once they are done.
     with one_line_errors(), slurm.signals_handled():
         if args[0] not in COMMANDS:
-            from mnist_lightning.cli import cli_main  # Lightning's import is the slow part of start-up
-
+            with interrupts.deferred():
+                from mnist_lightning.cli import cli_main  # Lightning's import is the slow part of start-up
             cli_main(given)  # None: LightningCLI reads sys.argv itself, and warns when given both
             return
         module_name, _, extra = COMMANDS[args[0]]
         try:
-            module = importlib.import_module(module_name)
+            with interrupts.deferred():
+                module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
             if e.name is None or e.name.startswith("mnist_lightning"):
                 raise

@@ -37,7 +37,7 @@ class _State:
     resume: str | None = None  # the command that resumes it
     installed = 0
     signals: tuple[int, ...] = ()  # the signals handled
-    in_run = False  # a Lightning run is in progress, which stops at a batch end
+    only_note = False  # a Lightning run is in progress (it stops at a batch end), or imports are (`deferred`)
 
 
 def received() -> int | None:
@@ -67,15 +67,30 @@ def final_line(requeued: str | None = None) -> str:
 def _handle(signum: int, frame: FrameType | None) -> None:
     first = _State.received is None
     _State.received = _State.received or signum
-    if _State.in_run and (first or signum != signal.SIGINT):  # the run stops at a batch end; a second Ctrl-C at once
+    if _State.only_note and (first or signum != signal.SIGINT):  # stopped later; a second Ctrl-C stops at once
         return
     raise Stopped(signum)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Only note a stop signal while the block runs, and stop once it has ended (a second Ctrl-C stops at once). For
+    the imports: torch's extension initialises itself through Python, and an exception raised in there is either
+    cleared, when it lands while torch imports numpy (the command then went on and started its run), or aborts the
+    process (`terminate called after throwing an instance of 'pybind11::error_already_set'`, exit status -6)."""
+    _State.only_note = True
+    try:
+        yield
+    finally:
+        _State.only_note = False
+    if _State.received is not None:
+        raise Stopped(_State.received)
 
 
 def take_over() -> None:
     """A Lightning run is in progress: handle the stop signals here again (Lightning puts its own SIGTERM handler in
     place for each run), and only note them: callbacks.stop.StopOnSignal stops the run at a batch end."""
-    _State.in_run = True
+    _State.only_note = True
     if _State.installed and threading.current_thread() is threading.main_thread():
         for signum in _State.signals:
             signal.signal(signum, _handle)
@@ -83,7 +98,7 @@ def take_over() -> None:
 
 def release() -> None:
     """The Lightning run has ended: a stop signal now stops the program where it is."""
-    _State.in_run = False
+    _State.only_note = False
 
 
 @contextmanager
@@ -95,7 +110,7 @@ def handled(requeue: Callable[[], str] | None = None, say: bool = True) -> Itera
     install = threading.current_thread() is threading.main_thread()  # Python runs handlers there only
     previous = {signum: signal.getsignal(signum) for signum in signals} if install else {}
     if _State.installed == 0:  # a command begins: nothing of an earlier one in this process (a test's) carries over
-        _State.received, _State.stopped_at, _State.resume, _State.in_run = None, "", None, False
+        _State.received, _State.stopped_at, _State.resume, _State.only_note = None, "", None, False
     _State.installed += 1
     _State.signals = tuple(signals)
     try:

@@ -1,0 +1,41 @@
+"""A stop signal during the imports is noted, and stops the command with its one line once they are done: raised in
+there, torch's extension either clears it or aborts the process."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from mnist_lightning import interrupts
+
+
+def test_a_stop_signal_during_a_deferred_block_stops_the_command_when_the_block_ends(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    finished = False
+    with pytest.raises(SystemExit) as stopped, interrupts.handled():
+        with interrupts.deferred():
+            signal.raise_signal(signal.SIGTERM)  # noted only: nothing is raised in the imports
+            finished = True
+        pytest.fail("the command went on after the block")
+    assert finished and stopped.value.code == 143
+    assert capsys.readouterr().err.strip().splitlines() == ["stopped by SIGTERM"]
+
+
+def test_a_second_ctrl_c_stops_a_deferred_block_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped, interrupts.handled(), interrupts.deferred():
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        pytest.fail("the second Ctrl-C did not stop the block")
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["stopped by Ctrl-C"]
+
+
+def test_after_a_deferred_block_a_stop_signal_stops_the_program_where_it_is() -> None:
+    with pytest.raises(SystemExit) as stopped, interrupts.handled():
+        with interrupts.deferred():
+            pass
+        signal.raise_signal(signal.SIGINT)
+        pytest.fail("the signal was only noted")
+    assert stopped.value.code == 130
