@@ -4,8 +4,9 @@ signal's number (130, 143, 138).
 
 While a Lightning Trainer runs (fit, validate, test, predict), a stop signal is only noted, and the run stops the way
 Lightning stops on SIGTERM (callbacks.stop.StopOnSignal): every process of the run at the end of the same batch, and
-callbacks save what is worth saving (`LastCheckpoint`). Anywhere else, `Stopped` is raised where the program is. A
-second Ctrl-C stops at once.
+callbacks save what is worth saving (`LastCheckpoint`). During a command's imports it is noted too, and stops the
+command once they are done (`deferred`). Anywhere else, `Stopped` is raised where the program is. A second Ctrl-C
+stops at once.
 """
 
 from __future__ import annotations
