@@ -117,8 +117,10 @@ def test_resume_continues_the_same_run_from_the_saved_epoch(fitted: tuple[Path, 
     assert steps == [STEPS_PER_EPOCH * epoch - 1 for epoch in (1, 2, 3)], "the curve continues, one point per epoch"
 
 
-# 500 steps per epoch, long enough (half a second or more) for a signal sent 0.3 s into the second epoch to land there.
-LONG_RUN = ["--data.val_size=200", "--data.batch_size=2", "--model.hidden_sizes=[32]", "--trainer.max_epochs=2"]
+# 1,000 steps per epoch, long enough for a signal sent 0.1 s into the second epoch to land there (500 steps, with one
+# torch thread each, once ended before a signal sent 0.3 s into them: tests/conftest.py).
+LONG_STEPS = 1000
+LONG_RUN = ["--data.val_size=200", "--data.batch_size=1", "--model.hidden_sizes=[32]", "--trainer.max_epochs=2"]
 
 
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, 128 + 2), (signal.SIGTERM, 128 + 15)])
@@ -128,13 +130,13 @@ def test_a_signal_saves_the_state_and_the_printed_command_resumes_to_the_same_ep
     run = tmp_path / "lightning_logs" / "version_0"
     process = start_cli(synthetic_dir, tmp_path, "fit", *LONG_RUN, "--test_after_fit=false")
     wait_for(run / "checkpoints" / "last.ckpt", process)
-    time.sleep(0.3)  # into the second epoch
+    time.sleep(0.1)  # into the second epoch
     process.send_signal(signum)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == exit_code, output[-3000:]
     resume = re.search(r"resume with: python -m mnist_lightning (fit .*)", output, re.IGNORECASE).group(1).split()
     interrupted = read_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert 500 <= interrupted["global_step"] < 1000, "stopped in the second epoch, before its end"
+    assert LONG_STEPS <= interrupted["global_step"] < 2 * LONG_STEPS, "stopped in the second epoch, before its end"
 
     run_cli(synthetic_dir, tmp_path, *resume, "--test_after_fit=false")
     final = read_checkpoint(run / "checkpoints" / "last.ckpt")
