@@ -151,8 +151,7 @@ class MNISTLightningCLI(LightningCLI):
             raise ArgumentError("a --config file is not text (YAML): pass the YAML file of a run or a preset") from None
         except argparse.ArgumentError as e:  # build_cli asks jsonargparse to raise rather than print its usage
             given = args if isinstance(args, list) else sys.argv[1:] if args is None else []
-            named = args.get("subcommand") if isinstance(args, dict) else None
-            subcommand = named or next((arg for arg in given if arg in self.subcommands()), "fit")
+            subcommand = self.only or next((arg for arg in given if arg in self.subcommands()), "fit")
             defaults = self._parser(subcommand).get_defaults()  # a private method: see instantiate_trainer
             flags = {f"--{key}": defaults[key] for key in defaults.keys()}  # noqa: SIM118 (a Namespace's values iterate)
             command = f"python -m mnist_lightning {subcommand}"

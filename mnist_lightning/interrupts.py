@@ -79,12 +79,13 @@ def deferred() -> Iterator[None]:
     the imports: torch's extension initialises itself through Python, and an exception raised in there is either
     cleared, when it lands while torch imports numpy (the command then went on and started its run), or aborts the
     process (`terminate called after throwing an instance of 'pybind11::error_already_set'`, exit status -6)."""
+    noting = _State.only_note  # already (inside a run): its own end stops it
     _State.only_note = True
     try:
         yield
     finally:
-        _State.only_note = False
-    if _State.received is not None:
+        _State.only_note = noting
+    if not noting and _State.installed and _State.received is not None:
         raise Stopped(_State.received)
 
 

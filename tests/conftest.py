@@ -44,9 +44,9 @@ def pytest_configure(config: pytest.Config) -> None:
     torch reads the variable when it loads, which in the pytest processes is later, at collection (the controller of
     `-n 2` never loads it).
     """
-    os.environ["OMP_NUM_THREADS"] = "1"
+    threads = os.environ.setdefault("OMP_NUM_THREADS", "1")  # unless set on purpose
     if "torch" in sys.modules:  # loaded already, by a plugin
-        sys.modules["torch"].set_num_threads(1)
+        sys.modules["torch"].set_num_threads(int(threads))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -174,6 +174,6 @@ def test_the_startup_benchmark_times_the_imports_and_both_ways_of_parsing_and_wr
     report = startup.main(["--repeats=1", f"--output={tmp_path}"])
     summary = report["cpu_seconds_median"]
     assert set(summary) == set(startup.KINDS) == set(report["runs"])
-    assert all(row["imports"] > 1 and 0 < row["parse"] < row["imports"] for row in summary.values())
+    assert all(row["imports"] > 0 and 0 < row["parse"] < row["imports"] for row in summary.values())
     markdown = next(tmp_path.glob("startup-*.md")).read_text()
     assert "| one-parser |" in markdown and "| four-parsers |" in markdown and "of CPU per process" in markdown

@@ -39,3 +39,15 @@ def test_after_a_deferred_block_a_stop_signal_stops_the_program_where_it_is() ->
         signal.raise_signal(signal.SIGINT)
         pytest.fail("the signal was only noted")
     assert stopped.value.code == 130
+
+
+def test_a_deferred_block_inside_a_run_leaves_the_stop_to_the_run() -> None:
+    went_on = False
+    with pytest.raises(SystemExit) as stopped, interrupts.handled():
+        interrupts.take_over()  # a Lightning run, which stops at a batch end
+        with interrupts.deferred():
+            signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # still only noted after the block
+        went_on = True
+        interrupts.release()
+    assert went_on and stopped.value.code == 143
