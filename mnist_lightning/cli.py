@@ -123,8 +123,8 @@ class MNISTLightningCLI(LightningCLI):
 
     def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
         """LightningCLI's subcommands; only the one being run when the arguments start with its name. Lightning builds a
-        parser for each (jsonargparse reads every Trainer argument's signature): building and parsing `fit` took 0.20 s
-        of CPU alone against 0.37 s beside the three others (`python benchmarks/startup.py`, 2-core AMD EPYC)."""
+        parser for each (jsonargparse reads every Trainer argument's signature): building and parsing `fit` took 0.23 s
+        of CPU alone against 0.45 s beside the three others (`python benchmarks/startup.py`, 2-core AMD EPYC)."""
         every = LightningCLI.subcommands()
         return {self.only: every[self.only]} if self.only in every else every
 
