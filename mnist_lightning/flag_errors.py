@@ -9,6 +9,7 @@ import ast
 import difflib
 import itertools
 import re
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
@@ -47,6 +48,8 @@ def parse_error(
             path = re.search(r"(File does not exist|Path is not a file): '([^']*)'", message)
             if path:
                 what = "no such file" if path.group(1).startswith("File") else "a folder, not a YAML file"
+                if what != "no such file" and not Path(path.group(2)).is_dir():  # /dev/null, a pipe
+                    what = "not a regular file; pass a YAML file"
                 return ArgumentError(f"--config {path.group(2)}: {what}")
             return ArgumentError(f"--config: {first_line_after_key(message)}")
         given = re.search(r"(?:Given value|Got value): (.*)", message)

@@ -34,6 +34,8 @@ def write_checkpoint_like(kind: str, folder: Path, good: Path) -> Path:
         "another program's": lambda: torch.save({"state_dict": {}, "hyper_parameters": {"n_layers": 3}}, path),
         "code on loading": lambda: torch.save({"state_dict": {}, "payload": CodeOnUnpickling(folder / "ran")}, path),
     }
+    if kind == "a device":
+        return Path(os.devnull)
     writers[kind]()
     return path
 
@@ -112,6 +114,8 @@ def write_config_like(kind: str, folder: Path) -> Path:
         "a typo in a key": lambda: path.write_text("modle:\n  lr: 0.01\n"),
         "a wrong type": lambda: path.write_text("trainer:\n  max_epochs: many\n"),
     }
+    if kind == "a device":
+        return Path(os.devnull)
     writers[kind]()
     return path
 
@@ -120,6 +124,7 @@ BROKEN_CONFIGS = {
     "missing": "--config {path}: no such file",
     "empty": "--config {path} is empty, not a YAML mapping of settings",
     "a folder": "--config {path}: a folder, not a YAML file",
+    "a device": "--config {path}: not a regular file; pass a YAML file",
     "random bytes": "a --config file is not text (YAML)",
     "not YAML": "--config {path} is not valid YAML: while parsing a flow sequence",
     "a list": "--config {path} holds '- model - data', not a YAML mapping of settings",
