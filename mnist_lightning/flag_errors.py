@@ -47,8 +47,11 @@ def parse_error(
         if key.group(1) == "config":
             path = re.search(r"(File does not exist|Path is not a file): '([^']*)'", message)
             if path:
-                what = "no such file" if path.group(1).startswith("File") else "a folder, not a YAML file"
-                if what != "no such file" and not Path(path.group(2)).is_dir():  # /dev/null, a pipe
+                if path.group(1).startswith("File"):
+                    what = "no such file"
+                elif Path(path.group(2)).is_dir():
+                    what = "a folder, not a YAML file"
+                else:  # /dev/null, a pipe
                     what = "not a regular file; pass a YAML file"
                 return ArgumentError(f"--config {path.group(2)}: {what}")
             return ArgumentError(f"--config: {first_line_after_key(message)}")
