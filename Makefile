@@ -35,11 +35,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Every tier (README's Development section); the first pytest line is the quick edit loop. Two workers, a test file
+# Every tier (README's Development section), after the system programs the tests drive (scripts/test-programs
+# installs what is missing); the first pytest line is the quick edit loop. Two workers, a test file
 # each at a time (module fixtures are built once), the longest files first (tests/conftest.py; --no-loadscope-reorder
 # keeps that order, where xdist would send the files with the most tests first). The system tier runs on its own:
 # with the in-process tiers beside it, or in one pytest run with them, the whole was slower here (README).
 test: $(STAMP)
+	scripts/test-programs
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
