@@ -148,13 +148,16 @@ def _in_memory_batches(data_dir: str):
     import torch
 
     from mnist_lightning import MNISTDataModule
+    from mnist_lightning.net import Normalize
 
     datamodule = MNISTDataModule(data_dir=data_dir)
     datamodule.setup("fit")
     datamodule.setup("test")
 
-    def as_tensors(dataset):
-        return datamodule.normalize(dataset.images), dataset.labels
+    normalize = Normalize(datamodule.mean, datamodule.std)
+
+    def as_tensors(dataset):  # normalized once: the raw loop's network has no Normalize of its own
+        return normalize(datamodule.pixels(dataset.images)), dataset.labels
 
     def batches(images, labels, shuffle: bool = False):
         order = torch.randperm(len(labels)) if shuffle else torch.arange(len(labels))

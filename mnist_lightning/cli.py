@@ -9,6 +9,7 @@ dataset from the checkpoint. `build_cli` is the one way every command, sweep tri
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import warnings
@@ -28,10 +29,11 @@ from mnist_lightning.callbacks.dashboard import Dashboard
 from mnist_lightning.callbacks.last_checkpoint import LastCheckpoint
 from mnist_lightning.callbacks.predictions import PredictionWriter
 from mnist_lightning.callbacks.stop import StopOnSignal
+from mnist_lightning.compat import CLIInternals
 from mnist_lightning.data.module import MNISTDataModule
 from mnist_lightning.datasets import DEFAULT_DATASET
 from mnist_lightning.defaults import NullProfiler, silence_third_party_noise, stop_probing_for_nvml_without_gpus
-from mnist_lightning.errors import DEBUG_VARIABLE, ArgumentError, CheckpointError, first_line, one_line_errors
+from mnist_lightning.errors import DEBUG_VARIABLE, ArgumentError, one_line_errors
 from mnist_lightning.flag_errors import parse_error
 from mnist_lightning.flags import (
     lightnings_refusal,
@@ -39,12 +41,13 @@ from mnist_lightning.flags import (
     reconcile_flags_with_defaults,
     refuse_unworkable_flags,
 )
-from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.model import MONITORED, MNISTClassifier
 from mnist_lightning.runs import slurm
 from mnist_lightning.runs.checkpoint_io import use_atomic_checkpoints
 from mnist_lightning.runs.checkpoints import (
-    architecture_differences,
+    LAST,
     dataset_to_use,
+    model_settings,
     read_checkpoint,
     requeued_resume_point,
     resolve_checkpoint,
@@ -71,14 +74,14 @@ if get_registered_type(torch.device) is None:
     register_type(torch.device, serializer=str, deserializer=torch.device)
 
 DEFAULTS = {
-    "checkpoint.monitor": "val/acc",
+    "checkpoint.monitor": MONITORED,
     "checkpoint.mode": "max",
-    # The metric name has a slash, which must not become a folder: spell the label out.
-    "checkpoint.filename": "epoch{epoch:02d}-val_acc{val/acc:.4f}",
+    # The metric name has a slash, which must not become a folder: spell the label out (epoch17-val_acc0.9762).
+    "checkpoint.filename": f"epoch{{epoch:02d}}-{MONITORED.replace('/', '_')}{{{MONITORED}:.4f}}",
     "checkpoint.auto_insert_metric_name": False,
     # Since Lightning 2.6, `save_last=True` rewrites last.ckpt only in epochs that improve the monitored metric;
     # resuming needs the latest state, so a second callback without a monitor saves each epoch.
-    "last_checkpoint.filename": "last",
+    "last_checkpoint.filename": LAST,
     "last_checkpoint.monitor": None,
     "last_checkpoint.enable_version_counter": False,
     "last_checkpoint.save_on_exception": True,  # Ctrl-C, SIGTERM: keep the state of that moment
@@ -96,7 +99,7 @@ DEFAULTS = {
 }
 
 
-class MNISTLightningCLI(LightningCLI):
+class MNISTLightningCLI(CLIInternals, LightningCLI):
     """LightningCLI with this project's defaults, its run folders, checkpoints that know their dataset, and a test of
     the best checkpoint after `fit`.
 
@@ -143,6 +146,8 @@ class MNISTLightningCLI(LightningCLI):
         parser.set_defaults(DEFAULTS)
         parser.link_arguments("data.input_size", "model.input_size", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.mean", "model.mean", apply_on="instantiate")
+        parser.link_arguments("data.std", "model.std", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         try:
@@ -152,7 +157,7 @@ class MNISTLightningCLI(LightningCLI):
         except argparse.ArgumentError as e:  # build_cli asks jsonargparse to raise rather than print its usage
             given = args if isinstance(args, list) else sys.argv[1:] if args is None else []
             subcommand = self.only or next((arg for arg in given if arg in self.subcommands()), "fit")
-            defaults = self._parser(subcommand).get_defaults()  # a private method: see instantiate_trainer
+            defaults = self.subcommand_parser(subcommand).get_defaults()
             flags = {f"--{key}": defaults[key] for key in defaults.keys()}  # noqa: SIM118 (a Namespace's values iterate)
             command = f"python -m mnist_lightning {subcommand}"
             raise parse_error(e, command, flags, given, settings_of=subcommand) from None
@@ -160,19 +165,33 @@ class MNISTLightningCLI(LightningCLI):
         if not subcommand:
             return
         config = self.config[subcommand]
-        config.ckpt_path = resolve_checkpoint(subcommand, config.get("ckpt_path"), runs_root(config.trainer))
+        root = runs_root(config.trainer)
+        path, content = resolve_checkpoint(subcommand, config.get("ckpt_path"), root, last_file(config))
         if subcommand == "fit" and self.job_step and not self.fixed_run_folder:  # continue the job's earlier runs
-            config.ckpt_path = requeued_resume_point(config.ckpt_path, runs_root(config.trainer), self.job_step)
-        if config.ckpt_path is None or config.ckpt_path in SPECIAL_CHECKPOINTS:
+            path, content = requeued_resume_point(path, content, root, self.job_step)
+        config.ckpt_path = path
+        if path is None or path in SPECIAL_CHECKPOINTS:
             config.data.dataset = config.data.dataset or DEFAULT_DATASET
             return
-        # Checked before Lightning reads it: missing, truncated, unsafe to unpickle, of another dataset.
-        self.checkpoint = read_checkpoint(Path(config.ckpt_path))
-        config.data.dataset = dataset_to_use(self.checkpoint, config.ckpt_path, asked=config.data.dataset)
-        # Lightning builds the network from the checkpoint's hyperparameters, whatever the config says: say so.
-        differences = architecture_differences(self.checkpoint, config.model.as_dict())
-        if differences and rank_zero_only.rank == 0:
-            print(f"note: the network comes from {config.ckpt_path}: {'; '.join(differences)}", file=sys.stderr)
+        # Read once, and checked before Lightning restores from it (runs.checkpoint_io hands it this copy): missing,
+        # truncated, unsafe to unpickle, of another dataset.
+        self.checkpoint = content if content is not None else read_checkpoint(Path(path))
+        config.data.dataset = dataset_to_use(self.checkpoint, path, asked=config.data.dataset)
+        self._settle_model_settings(subcommand, config)
+
+    def _settle_model_settings(self, subcommand: str, config: Namespace) -> None:
+        """The model's settings from the checkpoint, but for what a resumed fit applies
+        (runs.checkpoints.model_settings); each value given and not used is named in a note. (Lightning's own
+        `_parse_ckpt_path` would read the checkpoint again and take every setting from it: compat.CLIInternals turns
+        it off.)"""
+        defaults = {name: p.default for name, p in inspect.signature(self.model_class).parameters.items()}
+        given = config.model.as_dict()
+        settings, notes = model_settings(self.checkpoint, given, defaults, resuming=subcommand == "fit")
+        for name, value in settings.items():
+            if name in given:
+                config.model[name] = value
+        if notes and rank_zero_only.rank == 0:
+            print(f"note: {config.ckpt_path}: {'; '.join(notes)}", file=sys.stderr)
 
     def before_instantiate_classes(self) -> None:
         if self.parse_only:
@@ -188,14 +207,23 @@ class MNISTLightningCLI(LightningCLI):
         """Choose the run's folder and point the Trainer at it (until after the instantiation)."""
         if config.trainer.fast_dev_run:  # Lightning swaps the logger for one that writes nothing
             return
-        resumed = Path(config.ckpt_path) if self.subcommand == "fit" and self.checkpoint is not None else None
+        checkpoint = Path(config.ckpt_path) if self.checkpoint is not None else None
+        resumed = checkpoint if self.subcommand == "fit" else None
+        evaluation = (self.subcommand, checkpoint) if self.subcommand != "fit" and checkpoint else None
         # Only global rank 0 claims a fresh folder; the others follow the folder Lightning broadcasts from it.
         claim = rank_zero_only.rank == 0
         run = choose_run_folder(
-            config.trainer, resume_from=resumed, fixed=self.fixed_run_folder, job_step=self.job_step, claim=claim
+            config.trainer,
+            resume_from=resumed,
+            fixed=self.fixed_run_folder,
+            job_step=self.job_step,
+            claim=claim,
+            evaluation=evaluation,
         )
         if run is None:
             return
+        if run.evaluation:
+            self.save_config_kwargs["overwrite"] = True  # the same evaluation again: its config of this time
         if run.resumed:
             self.save_config_kwargs["overwrite"] = True  # the same run's config, now with its ckpt_path
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -204,7 +232,7 @@ class MNISTLightningCLI(LightningCLI):
         elif (run.path / CONFIG_FILE).exists() and not self.save_config_kwargs.get("overwrite"):
             raise ArgumentError(
                 f"run folder {run.path} holds another run: pass another --trainer.logger.init_args.version, or "
-                f"resume that run with --ckpt_path {run.path / 'checkpoints' / 'last.ckpt'}"
+                f"resume that run with --ckpt_path {run.path / 'checkpoints' / last_file(config)}"
             )
         if "spawn" in str(config.trainer.strategy):
             # The test after fit spawns new processes with the callback's unsaved state: they write the config again.
@@ -221,12 +249,12 @@ class MNISTLightningCLI(LightningCLI):
         """The Trainer with this subcommand's callbacks: the prediction writer for predict only (Lightning calls
         every callback at every hook, ~6 per training step); the checkpoint callbacks for fit only, and only while
         checkpointing is on (Lightning refuses them with `--trainer.enable_checkpointing false`)."""
-        # LightningCLI has no public way to leave out a callback configured by `add_lightning_class_args`; these three
-        # private methods are what its own `instantiate_trainer` calls (tests/unit/test_private_apis.py).
-        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        # LightningCLI has no public way to leave out a callback configured by `add_lightning_class_args`: what its own
+        # `instantiate_trainer` does, through compat.CLIInternals.
+        config = {**self.configured("trainer", default={}), **kwargs}
+        callbacks = [self.configured(key) for key in self.subcommand_parser(self.subcommand).callback_keys]
         callbacks = callbacks_for(self.subcommand, config, callbacks)
-        return self._instantiate_trainer(config, [*callbacks, StopOnSignal()])
+        return self.trainer_with(config, [*callbacks, StopOnSignal()])
 
     def after_instantiate_classes(self) -> None:
         if self.parse_only:
@@ -235,7 +263,9 @@ class MNISTLightningCLI(LightningCLI):
         if self.pointed is not None:  # config.yaml is written later, without the run folder: --config on it starts anew
             restore(self.config[self.subcommand].trainer, self.pointed)
             self.pointed = None
-        use_atomic_checkpoints(self.trainer.strategy)  # checkpoints that survive kill -9 and a full disk
+        # Checkpoints that survive kill -9 and a full disk; the one read already is not read again.
+        read = None if self.checkpoint is None else (self.config[self.subcommand].ckpt_path, self.checkpoint)
+        use_atomic_checkpoints(self.trainer.strategy, read)
 
     def after_predict(self) -> None:
         failures = self.datamodule.predict_failures
@@ -256,6 +286,11 @@ class MNISTLightningCLI(LightningCLI):
         best_score = checkpoint.best_model_score if checkpoint else None
         best_val_acc = None if best_score is None else float(best_score)
         self.summary = fit_summary(self.trainer, best_path, best_val_acc, test_acc, tested=tested)
+
+
+def last_file(config: Namespace) -> str:
+    """The file name of the last checkpoint a subcommand's configuration `config` writes (last.ckpt by default)."""
+    return f"{config.last_checkpoint.filename}{ModelCheckpoint.FILE_EXTENSION}"
 
 
 def named_subcommand(args: ArgsType) -> str | None:
@@ -293,8 +328,10 @@ def build_cli(
     a subclass of MNISTClassifier instead (the benchmarks time epochs so).
     """
     silence_third_party_noise()
-    # Errors as one line, never 120 lines of usage first; the usage names the command a user types.
-    parser_kwargs = {"exit_on_error": False, "prog": "python -m mnist_lightning", **kwargs.pop("parser_kwargs", {})}
+    # Errors as one line, never 120 lines of usage first; the usage names the command a user types. An abbreviated
+    # flag (--trainer.max_epoch) is refused with the flag it may mean, as a misspelt one is.
+    parser_kwargs = {"exit_on_error": False, "allow_abbrev": False, "prog": "python -m mnist_lightning"}
+    parser_kwargs |= kwargs.pop("parser_kwargs", {})
     try:
         return MNISTLightningCLI(
             model_class,
@@ -304,13 +341,6 @@ def build_cli(
             parser_kwargs=parser_kwargs,
             **kwargs,
         )
-    except RuntimeError as e:
-        if not str(e).startswith("Error(s) in loading state_dict") or os.environ.get(DEBUG_VARIABLE):
-            raise
-        raise CheckpointError(
-            f"the checkpoint's weights do not fit MNISTClassifier ({first_line(e)}): it was written by another "
-            "version of the network; use a checkpoint of this version's `fit`"
-        ) from None
     except (MisconfigurationException, ValueError, TypeError, ImportError) as e:
         refusal = missing_package(e) or lightnings_refusal(e)
         if refusal is None or os.environ.get(DEBUG_VARIABLE):

@@ -37,7 +37,7 @@ class DatasetSpec:
         folder: its folder under the data folder (torchvision's class name for the datasets torchvision knows).
         image_shape: channels, height and width of each image.
         classes: the name of each class, in label order.
-        mean, std: of the pixels on a 0-1 scale over the training images; inputs are normalized with them.
+        mean, std: of the pixels on a 0-1 scale over the training images; the network normalizes its inputs with them.
         sha256: the digest of each of the four IDX files; a file that does not match is never used.
         sources: where missing files are fetched from, in order (names of `mnist_lightning.data.sources.SOURCES`).
     """
@@ -63,23 +63,20 @@ class DatasetSpec:
         return Path(data_dir) / self.folder / "raw"
 
     def facts(self) -> dict[str, Any]:
-        """What a trained model must know of its data, as plain data: checkpoints and exported models record it."""
+        """What a trained model must know of its data, as plain data: checkpoints and exported models record it. (The
+        normalization is the model's own: net.Normalize.)"""
         return {
             "name": self.name,
             "image_shape": list(self.image_shape),
             "classes": list(self.classes),
-            "mean": self.mean,
-            "std": self.std,
         }
 
     def with_facts(self, facts: Mapping[str, Any]) -> DatasetSpec:
-        """This entry with the shape, classes and normalization that a checkpoint or exported model recorded."""
+        """This entry with the shape and classes that a checkpoint or exported model recorded."""
         return replace(
             self,
             image_shape=tuple(int(size) for size in facts["image_shape"]),
             classes=tuple(str(name) for name in facts["classes"]),
-            mean=float(facts["mean"]),
-            std=float(facts["std"]),
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -12,12 +12,19 @@ from torch import Tensor
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnist_lightning.errors import ArgumentError, TrainingDiverged
-from mnist_lightning.net import build_mlp
+from mnist_lightning import compat
+from mnist_lightning.datasets import DATASETS, DEFAULT_DATASET
+from mnist_lightning.errors import ArgumentError, CheckpointError, TrainingDiverged, first_line
+from mnist_lightning.net import Normalize, build_mlp
 
 FINITE_CHECK_EVERY = 50
+# The metric that chooses the best checkpoint and names its file (cli.py), and that checkpoints record the score of.
+MONITORED = "val/acc"
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 Batch = tuple[Tensor, Tensor]
+# The defaults of the dataset-given arguments, for a model built without the CLI (which links them to the data).
+_DEFAULT = DATASETS[DEFAULT_DATASET]
 
 
 class MNISTClassifier(L.LightningModule):
@@ -35,6 +42,8 @@ class MNISTClassifier(L.LightningModule):
         label_smoothing: share of the target probability spread evenly over all classes (0 turns it off).
         input_size: pixels per image; the CLI sets it from the data module's dataset.
         num_classes: number of output classes; the CLI sets it from the data module's dataset.
+        mean, std: of the training pixels on a 0-1 scale, which the model normalizes its inputs with; the CLI sets
+            them from the data module's dataset. Inputs are images in [0, 1].
     """
 
     def __init__(
@@ -47,8 +56,10 @@ class MNISTClassifier(L.LightningModule):
         optimizer: Literal["adam", "adamw"] = "adam",
         lr_schedule: Literal["constant", "one_cycle", "cosine"] = "constant",
         label_smoothing: float = 0.0,
-        input_size: int = 28 * 28,
-        num_classes: int = 10,
+        input_size: int = _DEFAULT.input_size,
+        num_classes: int = _DEFAULT.num_classes,
+        mean: float = _DEFAULT.mean,
+        std: float = _DEFAULT.std,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -58,6 +69,7 @@ class MNISTClassifier(L.LightningModule):
         if not 0 <= label_smoothing < 1:
             raise ArgumentError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         hidden_sizes = list(hidden_sizes)  # saved as a list, as the CLI gives it
+        self.normalize = Normalize(mean, std)
         self.net = build_mlp(input_size, hidden_sizes, num_classes, dropout, batch_norm)  # checks its arguments
         self.save_hyperparameters()
 
@@ -80,14 +92,36 @@ class MNISTClassifier(L.LightningModule):
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning records the running hook's name here about 40 times per training step; nn.Module.__setattr__
         # first checks whether the name is a parameter, buffer or submodule, which takes ten times as long.
-        if name == "_current_fx_name":
+        if name == compat.CURRENT_HOOK:
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """nn.Module's, with weights that do not fit this network (a checkpoint of another version of it) refused in
+        one line, however they are loaded: by Lightning's restore, or `runs.checkpoints.model_from_checkpoint`."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"the checkpoint's weights do not fit MNISTClassifier ({first_line(e)}): it was written by another "
+                "version of the network; use a checkpoint of this version's `fit`"
+            ) from None
+
+    def on_train_start(self) -> None:
+        # A resumed fit restores its optimizer's state, learning rate and weight decay included; the values this run
+        # was given (runs.checkpoints.model_settings: a new learning rate, say) apply from here on. With a schedule,
+        # its own restored state sets the learning rate; an optimizer of the user's (`--optimizer`) keeps its own.
+        if self.trainer.ckpt_path is None or self.hparams.lr_schedule != "constant":
+            return
+        for optimizer in self.trainer.optimizers:
+            if type(optimizer) is OPTIMIZERS[self.hparams.optimizer]:
+                for group in optimizer.param_groups:
+                    group["lr"], group["weight_decay"] = self.hparams.lr, self.hparams.weight_decay
+
     def forward(self, images: Tensor) -> Tensor:
-        """Class logits for a batch of normalized images (any shape that flattens to `input_size`)."""
-        return self.net(images)
+        """Class logits for a batch of images in [0, 1] (any shape that flattens to `input_size`)."""
+        return self.net(self.normalize(images))
 
     def _loss_and_logits(self, batch: Batch) -> tuple[Tensor, Tensor]:
         images, labels = batch
@@ -104,7 +138,7 @@ class MNISTClassifier(L.LightningModule):
         # sync_dist then costs one tiny all-reduce per epoch and tells Lightning the values are global.
         accuracy = getattr(self, f"{stage}_acc").compute()
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss").compute(), sync_dist=True)
-        self.log(f"{stage}/acc", accuracy, prog_bar=stage == "val", sync_dist=True)
+        self.log(f"{stage}/acc", accuracy, prog_bar=stage == "val", sync_dist=True)  # val/acc is MONITORED
         getattr(self, f"{stage}_loss").reset()
         getattr(self, f"{stage}_acc").reset()
         return accuracy
@@ -161,7 +195,7 @@ class MNISTClassifier(L.LightningModule):
         return {"label": labels, "prediction": probabilities.argmax(dim=-1), "probabilities": probabilities}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.hparams.optimizer]
+        optimizer_class = OPTIMIZERS[self.hparams.optimizer]
         # Adam divides by sqrt(v) + eps; in float16 weights (`--trainer.precision 16-true`) the default eps of 1e-8
         # rounds to 0 and the first zero gradient makes the loss nan. The smallest normal number of the weights'
         # dtype is 1e-8 or less for every other dtype, so only float16 changes (to 6.1e-5).

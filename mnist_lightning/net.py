@@ -1,13 +1,14 @@
-"""The network: a multilayer perceptron, in plain torch. `MNISTClassifier` (model.py) trains it; `export` writes it
-as ONNX. Another architecture is another function here that returns an `nn.Module` mapping N×C×H×W images to N×K
-class logits (docs/architecture.md)."""
+"""The network: a multilayer perceptron, in plain torch, behind the normalization of its inputs. `MNISTClassifier`
+(model.py) trains it; `export` writes both as ONNX. Another architecture is another function here that returns an
+`nn.Module` mapping N×C×H×W normalized images to N×K class logits (docs/architecture.md)."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from mnist_lightning.errors import ArgumentError
 
@@ -33,3 +34,22 @@ def build_mlp(
             layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(widths[-1], num_classes))
     return nn.Sequential(*layers)
+
+
+class Normalize(nn.Module):
+    """Images in [0, 1] to mean 0 and standard deviation 1, with the training images' `mean` and `std`.
+
+    Part of the model, so that its checkpoints and exported models carry the normalization they were trained with
+    (the buffers are in the state dict) and every input, from the data module, `predict`, `export` or `serve`, is
+    given as pixels in [0, 1].
+    """
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        if not std > 0:
+            raise ArgumentError(f"std must be positive, got {std}")
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return (images - self.mean) / self.std

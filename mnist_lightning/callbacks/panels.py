@@ -1,8 +1,8 @@
 """The dashboard's panels: each a small Lightning callback that draws one thing, run by `Dashboard`.
 
 Each panel draws to TensorBoard (`writer`) and, for the figures, to PNG files in the run folder (`publish`), from
-global rank 0 only and never while Lightning's sanity check runs. The dataset's classes, image shape and normalization
-come from the data module (`trainer.datamodule`).
+global rank 0 only and never while Lightning's sanity check runs. The dataset's classes and image shape come from the
+data module (`trainer.datamodule`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from mnist_lightning import compat
 from mnist_lightning.callbacks.figures import (
     confusion_heatmap,
     labelled_grid,
@@ -150,10 +151,9 @@ class Mistakes(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if png_folder(trainer) is None or not self.mistakes:
             return
-        spec = trainer.datamodule.spec  # type: ignore[attr-defined]
-        classes = spec.classes
+        classes = trainer.datamodule.spec.classes  # type: ignore[attr-defined]
         mistakes = sorted(self.mistakes, reverse=True)
-        images = torch.stack([image for _, _, image, _, _ in mistakes]).float() * spec.std + spec.mean
+        images = torch.stack([image for _, _, image, _, _ in mistakes]).float()  # the model's inputs, in [0, 1]
         captions = [f"{classes[true]}→{classes[pred]} {conf:.2f}" for conf, _, _, true, pred in mistakes]
         figure = labelled_grid(images.clamp(0, 1), captions)
         figure.suptitle("most confident mistakes: true→predicted, confidence", fontsize=9)
@@ -235,4 +235,4 @@ class Hparams(L.Callback):
         # The table takes numbers, strings and booleans; lists such as hidden_sizes are shown as text.
         params = {name: v if isinstance(v, (bool, int, float, str)) else str(v) for name, v in params.items()}
         for summary in hparams(params, dict.fromkeys(self.metrics, 0.0)):
-            tensorboard.file_writer.add_summary(summary)  # what SummaryWriter.add_hparams does, minus a sub-run
+            compat.tensorboard_file_writer(tensorboard).add_summary(summary)

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 
-from mnist_lightning import interrupts
+from mnist_lightning import compat, interrupts
 
 # Under DDP the processes agree whether to stop every this many batches (a collective call, the same batches on
 # every process); alone, a process looks at every batch.
@@ -36,9 +36,7 @@ class StopOnSignal(L.Callback):
                 return
             asked = trainer.strategy.reduce_boolean_decision(asked, all=False)  # stop if any process was asked
         if asked:
-            # Lightning's loops read `trainer.received_sigterm`, a property of this private flag without a public
-            # setter; they stop at the end of this batch once it is set (tests/unit/test_private_apis.py).
-            trainer._signal_connector.received_sigterm = True
+            compat.stop_at_batch_end(trainer)
 
     # The first hooks of each loop, all called after Lightning has put its signal handlers in place.
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

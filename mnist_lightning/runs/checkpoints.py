@@ -7,25 +7,33 @@ import inspect
 import pickle
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from mnist_lightning.compat import CLI_ENTRIES
 from mnist_lightning.data.module import MNISTDataModule
-from mnist_lightning.datasets import DEFAULT_DATASET, DatasetSpec, dataset_of_record, get_dataset
-from mnist_lightning.errors import CheckpointError
-from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.datasets import DatasetSpec, dataset_of_record
+from mnist_lightning.errors import CheckpointError, first_line
+from mnist_lightning.model import MONITORED, MNISTClassifier
 from mnist_lightning.runs.folders import CONFIG_FILE, command_on, run_of_checkpoint
 from mnist_lightning.runs.slurm import JobStep
 
-# Hyperparameters that decide the shapes of the weights.
-ARCHITECTURE = ("input_size", "hidden_sizes", "num_classes")
+# What a resumed fit takes from the command line when given: how it goes on training. Everything else continues as
+# the checkpoint recorded it: the trained network (the shapes of its weights, what its inputs mean), and the
+# optimizer and schedule whose states the checkpoint holds.
+APPLIED_ON_RESUME = ("lr", "weight_decay", "dropout", "label_smoothing")
 DATAMODULE_STATE = MNISTDataModule.__qualname__  # where Lightning saves a data module's state_dict()
-# What a checkpoint of MNISTClassifier may hold as hyperparameters (LightningCLI adds the last two).
-MODEL_PARAMETERS = {*inspect.signature(MNISTClassifier).parameters, "_instantiator", "_class_path"}
+# What a checkpoint of MNISTClassifier may hold as hyperparameters, LightningCLI's own entries among them.
+MODEL_PARAMETERS = {*inspect.signature(MNISTClassifier).parameters, *CLI_ENTRIES}
 FIT_COMMAND = "`python -m mnist_lightning fit`"
+WRITTEN_BY_FIT = f"use a checkpoint written by this project's {FIT_COMMAND}"
+LAST = "last"  # the name of a run's latest state (callbacks.last_checkpoint.LastCheckpoint writes it)
+LAST_FILE = f"{LAST}{ModelCheckpoint.FILE_EXTENSION}"  # what `--ckpt_path last` looks for, unless told otherwise
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -36,9 +44,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return _read_plain_checkpoint(path)
     except CheckpointError as e:
-        alternative = newest_loadable_checkpoint(path.parent, besides=path) if path.parent.is_dir() else None
-        if alternative is None:
+        found = newest_loadable_checkpoint(path.parent, besides=path) if path.parent.is_dir() else None
+        if found is None:
             raise
+        alternative = found.path
         run = run_of_checkpoint(path)
         if run is not None and (run / CONFIG_FILE).is_file():
             hint = f"resume with: {command_on('fit', run, alternative)}"
@@ -47,19 +56,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{e}; the newest checkpoint beside it that loads is {alternative}: {hint}") from None
 
 
-def loads(path: Path) -> bool:
-    """Whether `read_checkpoint` would accept `path`."""
-    try:
-        _read_plain_checkpoint(path)
-    except CheckpointError:
-        return False
-    return True
-
-
-def newest_loadable_checkpoint(folder: Path, besides: Path | None = None) -> Path | None:
-    """The most recently written `.ckpt` in `folder` (other than `besides`) that `read_checkpoint` accepts, or None."""
-    candidates = [p for p in _checkpoints_in(folder) if p != besides]
-    return next((candidate for candidate in candidates if loads(candidate)), None)
+def newest_loadable_checkpoint(folder: Path, besides: Path | None = None) -> Found | None:
+    """The most recently written `.ckpt` in `folder` (other than `besides`) that `read_checkpoint` accepts, read."""
+    candidates = (p for p in _checkpoints_in(folder) if p != besides)
+    return next((found for candidate in candidates if (found := _found(candidate)) is not None), None)
 
 
 def _checkpoints_in(folder: Path) -> list[Path]:
@@ -98,24 +98,13 @@ def _read_plain_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def dataset_of(checkpoint: dict[str, Any], source: str, note_assumed: bool = False) -> DatasetSpec:
-    """The dataset a checkpoint's network was trained on, with the classes and normalization it was trained with.
-
-    Checkpoints record it in the data module's state; those of earlier versions of this project only by name, and the
-    first ones not at all (then MNIST, said in a note on stderr when `note_assumed`).
-    """
+def dataset_of(checkpoint: dict[str, Any], source: str) -> DatasetSpec:
+    """The dataset a checkpoint's network was trained on, with the image shape and classes it was trained with, as
+    the data module's state records it."""
     facts = checkpoint.get(DATAMODULE_STATE, {}).get("dataset")
-    if facts is not None:
-        return dataset_of_record(facts, source)
-    name = (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset")
-    spec = get_dataset(name or DEFAULT_DATASET)
-    if name is None and note_assumed:
-        print(
-            f"note: {source} does not record its dataset (an earlier version wrote it): taken as {spec.name}, with "
-            "its classes and normalization",
-            file=sys.stderr,
-        )
-    return spec
+    if facts is None:
+        raise CheckpointError(f"{source} does not record its dataset: use a checkpoint written by {FIT_COMMAND}")
+    return dataset_of_record(facts, source)
 
 
 def dataset_to_use(checkpoint: dict[str, Any], ckpt_path: str, asked: str | None) -> str:
@@ -130,44 +119,106 @@ def dataset_to_use(checkpoint: dict[str, Any], ckpt_path: str, asked: str | None
 
 
 def val_accuracy_of(checkpoint: dict[str, Any]) -> float | None:
-    """The validation accuracy of the checkpoint's weights, as its `val/acc` ModelCheckpoint recorded it."""
+    """The validation accuracy of the checkpoint's weights, as its ModelCheckpoint monitoring `MONITORED` recorded
+    it."""
     for name, state in checkpoint.get("callbacks", {}).items():
-        if name.startswith("ModelCheckpoint") and state.get("monitor") == "val/acc":
+        if name.startswith("ModelCheckpoint") and state.get("monitor") == MONITORED:
             score = state.get("current_score")
             if score is not None:
                 return float(score)
     return None
 
 
-def architecture_differences(checkpoint: dict[str, Any], hparams: dict[str, Any]) -> list[str]:
-    """`name: checkpoint value vs this run's value` for each architecture hyperparameter that differs."""
-    saved = checkpoint.get("hyper_parameters", {})
-    return [
-        f"{name}={_plain(saved[name])} in the checkpoint, {_plain(hparams[name])} here"
-        for name in ARCHITECTURE
-        if name in saved and name in hparams and _plain(saved[name]) != _plain(hparams[name])
-    ]
+def hyperparameters_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The model's constructor arguments a checkpoint records (without LightningCLI's `_instantiator` and
+    `_class_path` entries)."""
+    return {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k not in CLI_ENTRIES}
+
+
+def model_settings(
+    checkpoint: dict[str, Any], given: dict[str, Any], defaults: dict[str, Any], resuming: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """The model's settings for a command on `checkpoint`, and a note for each value given that it does not use.
+
+    The trained network's settings (`TRAINED`) come from the checkpoint. A resumed fit (`resuming`) trains on with
+    the values given for `APPLIED_ON_RESUME` (a new learning rate, say), when they differ from the defaults
+    (`defaults`); every other setting continues as the checkpoint recorded it. `given`: this command's parsed model
+    settings. docs/flags.md lists which is which.
+    """
+    saved = hyperparameters_of(checkpoint)
+    settings, notes = {}, []
+    constant_lr = saved.get("lr_schedule", "constant") == "constant"
+    for name, value in saved.items():
+        if name not in given:  # set from the data module (input_size, num_classes, mean, std): the checkpoint's
+            settings[name] = value
+            continue
+        wanted = _plain(given[name])
+        chosen = resuming and name in APPLIED_ON_RESUME and wanted != _plain(defaults.get(name))
+        if chosen and name in ("lr", "weight_decay") and not constant_lr:
+            chosen = False  # the schedule's state continues from the checkpoint and sets the learning rate itself
+        if chosen:
+            settings[name] = given[name]
+            if wanted != _plain(value):
+                notes.append(f"{name}={wanted} applied (the checkpoint trained with {_plain(value)})")
+            continue
+        settings[name] = value
+        if wanted != _plain(value) and wanted != _plain(defaults.get(name)):
+            notes.append(f"{name}={_plain(value)} from the checkpoint, not {wanted}")
+    return settings, notes
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], source: str) -> MNISTClassifier:
+    """The trained model a checkpoint holds, in eval mode (dropout off, batch norm on its running statistics), built
+    from its hyperparameters: how `export`, `serve` and `predict` outside Lightning get it."""
+    try:
+        model = MNISTClassifier(**hyperparameters_of(checkpoint))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source} does not fit MNISTClassifier ({first_line(e)}): {WRITTEN_BY_FIT}") from None
+    model.load_state_dict(checkpoint["state_dict"])  # a mismatch is the model's own one-line CheckpointError
+    return model.eval()
 
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def best_checkpoint(folder: Path) -> Path | None:
-    """The best checkpoint in a run's `checkpoints/` folder that loads: the only one besides last.ckpt, or, when
-    several are kept (`--checkpoint.save_top_k`), the one the newest of them records as best."""
-    kept = [p for p in _checkpoints_in(folder) if not p.name.startswith("last") and loads(p)]
-    if len(kept) <= 1:
-        return kept[0] if kept else None
-    states = read_checkpoint(kept[0]).get("callbacks", {})
-    recorded = [Path(state["best_model_path"]).name for key, state in states.items() if key.startswith("ModelCheck")]
-    return next((folder / name for name in recorded if folder / name in kept), kept[0])
+def best_checkpoint(folder: Path, last_file: str) -> Found | None:
+    """The best checkpoint in a run's `checkpoints/` folder that loads, read: the newest besides `last_file`, or, when
+    several are kept (`--checkpoint.save_top_k`), the one it records as best."""
+    for candidate in (p for p in _checkpoints_in(folder) if p.name != last_file):
+        if (found := _found(candidate)) is None:
+            continue
+        states = found.content.get("callbacks", {})
+        recorded = [
+            Path(state.get("best_model_path") or "").name
+            for key, state in states.items()
+            if key.startswith("ModelCheck")
+        ]
+        best = next(
+            (folder / name for name in recorded if name and name != candidate.name and (folder / name).is_file()), None
+        )
+        return (_found(best) if best is not None else None) or found
+    return None
 
 
-def last_checkpoint(folder: Path) -> Path | None:
-    """A run's `checkpoints/last.ckpt`, if it loads."""
-    last = folder / "last.ckpt"
-    return last if last.is_file() and loads(last) else None
+def last_checkpoint(folder: Path, last_file: str) -> Found | None:
+    """A run's last checkpoint (`checkpoints/<last_file>`), read, if it loads."""
+    return _found(folder / last_file) if (folder / last_file).is_file() else None
+
+
+@dataclass(frozen=True)
+class Found:
+    """A checkpoint found by `--ckpt_path last` or `best`, read once: its path and its content."""
+
+    path: Path
+    content: dict[str, Any]
+
+
+def _found(path: Path) -> Found | None:
+    try:
+        return Found(path, _read_plain_checkpoint(path))
+    except CheckpointError:
+        return None
 
 
 def runs_by_recency(root: Path) -> list[Path]:
@@ -178,24 +229,33 @@ def runs_by_recency(root: Path) -> list[Path]:
     return sorted(newest, key=newest.__getitem__, reverse=True)
 
 
-def requeued_resume_point(ckpt_path: str | None, root: Path, job_step: JobStep) -> str | None:
-    """What a `fit` in a SLURM job step resumes from: the newest checkpoint of its run that loads, when the job's
-    earlier runs (before it was requeued) left one newer than `ckpt_path`; else `ckpt_path`."""
+def requeued_resume_point(
+    ckpt_path: str | None, content: dict[str, Any] | None, root: Path, job_step: JobStep
+) -> tuple[str | None, dict[str, Any] | None]:
+    """What a `fit` in a SLURM job step resumes from (its path, and its content when read here): the newest checkpoint
+    of its run that loads, when the job's earlier runs (before it was requeued) left one newer than `ckpt_path`; else
+    `ckpt_path` (and its `content`, as given)."""
     run = run_of_checkpoint(Path(ckpt_path)) if ckpt_path else root / job_step.folder_name
-    newest = newest_loadable_checkpoint(run / "checkpoints") if run is not None and run.is_dir() else None
-    if newest is None:
-        return ckpt_path
-    if ckpt_path and Path(ckpt_path).is_file() and Path(ckpt_path).stat().st_mtime_ns >= newest.stat().st_mtime_ns:
-        return ckpt_path
-    return str(newest)
+    given = Path(ckpt_path) if ckpt_path else None
+    newest = (
+        newest_loadable_checkpoint(run / "checkpoints", besides=given) if run is not None and run.is_dir() else None
+    )
+    if newest is None or (
+        given is not None and given.is_file() and given.stat().st_mtime_ns >= newest.path.stat().st_mtime_ns
+    ):
+        return ckpt_path, content
+    return str(newest.path), newest.content
 
 
-def resolve_checkpoint(subcommand: str, ckpt_path: str | None, root: Path) -> str | None:
-    """What `--ckpt_path` means here, as a file (or None for a fresh fit).
+def resolve_checkpoint(
+    subcommand: str, ckpt_path: str | None, root: Path, last_file: str = LAST_FILE
+) -> tuple[str | None, dict[str, Any] | None]:
+    """What `--ckpt_path` means here, as a file (None for a fresh fit), and its content when finding it read it.
 
-    `fit`: `last` resumes the most recent run under `root` that has a last.ckpt. `validate`, `test`, `predict`: `last`
-    is the newest run's last.ckpt, `best` or no `--ckpt_path` its best checkpoint (of the newest run that has one
-    that loads); never the untrained weights of a new model.
+    `fit`: `last` resumes the most recent run under `root` that has a last checkpoint (`last_file`, the name the
+    last-checkpoint callback writes). `validate`, `test`, `predict`: `last` is the newest run's last checkpoint, `best`
+    or no `--ckpt_path` its best checkpoint (of the newest run that has one that loads); never the untrained weights
+    of a new model.
     """
     if subcommand == "fit":
         if ckpt_path == "best":
@@ -203,12 +263,12 @@ def resolve_checkpoint(subcommand: str, ckpt_path: str | None, root: Path) -> st
                 "fit --ckpt_path best: resuming needs the latest state, not the best: pass --ckpt_path last or a file"
             )
         if ckpt_path != "last":
-            return ckpt_path
+            return ckpt_path, None
     elif ckpt_path not in (None, "best", "last"):
-        return ckpt_path
+        return ckpt_path, None
     which = "last" if ckpt_path == "last" else "best"
     find = last_checkpoint if which == "last" else best_checkpoint
-    found = next((file for folder in runs_by_recency(root) if (file := find(folder)) is not None), None)
+    found = next((file for folder in runs_by_recency(root) if (file := find(folder, last_file)) is not None), None)
     if found is None:
         given = f"--ckpt_path {ckpt_path}" if ckpt_path else "no --ckpt_path"
         raise CheckpointError(
@@ -216,5 +276,5 @@ def resolve_checkpoint(subcommand: str, ckpt_path: str | None, root: Path) -> st
             f"{FIT_COMMAND}, or pass --ckpt_path FILE"
         )
     if subcommand != "fit" and rank_zero_only.rank == 0:  # a resumed fit says "Resuming ..." itself
-        print(f"Using the {which} checkpoint of the most recent run that has one: {found}", file=sys.stderr)
-    return str(found)
+        print(f"Using the {which} checkpoint of the most recent run that has one: {found.path}", file=sys.stderr)
+    return str(found.path), found.content

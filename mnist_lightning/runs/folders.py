@@ -1,8 +1,10 @@
 """Run folders: the one place that decides where a run writes (config.yaml, checkpoints/, event files, figures).
 
-Every `fit`, `validate`, `test` and `predict`, and every sweep trial, gets a folder of its own, `<root>/version_N`,
-claimed with `mkdir` so that runs started together never share one (in a SLURM job step, `<root>/slurm_<job>.<step>`,
-which the job's requeued runs continue). `<root>` is the logger's `save_dir/name`
+Every `fit`, and every sweep trial, gets a folder of its own, `<root>/version_N`, claimed with `mkdir` so that runs
+started together never share one (in a SLURM job step, `<root>/slurm_<job>.<step>`, which the job's requeued runs
+continue). A `validate`, `test` or `predict` of a checkpoint in a run's `checkpoints/` belongs to that run:
+`<run>/<subcommand>-<checkpoint name>/` (`version_0/test-last/`), the same folder each time it is repeated; of a
+checkpoint elsewhere, it gets a `version_N` of its own. `<root>` is the logger's `save_dir/name`
 (relative paths taken from `--trainer.default_root_dir`), or `<default_root_dir>/lightning_logs` without a folder
 logger (`--trainer.logger false`, or a logger of another kind). A resumed `fit` continues in its checkpoint's own
 run folder; a logger with its own `version` names the folder itself.
@@ -35,10 +37,12 @@ FOLDER_LOGGERS = (TensorBoardLogger, CSVLogger)
 
 @dataclass(frozen=True)
 class RunFolder:
-    """Where one run writes; `resumed` when a `fit` continues the run of its checkpoint in this folder."""
+    """Where one run writes; `resumed` when a `fit` continues the run of its checkpoint in this folder, `evaluation`
+    for a `validate`, `test` or `predict` inside the run of its checkpoint (each repeat writes there again)."""
 
     path: Path
     resumed: bool = False
+    evaluation: bool = False
 
     @property
     def version(self) -> int | str:
@@ -88,11 +92,23 @@ def claim_next_version(root: Path) -> Path:
 
 
 def remove_if_unused(folder: Path) -> None:
-    """Remove a run folder that holds nothing but config.yaml and hparams.yaml: what a run that failed before it
-    logged anything leaves (a missing dataset, a flag Lightning refuses)."""
+    """Remove a run folder that holds nothing but config.yaml, hparams.yaml and event files without events: what a
+    run that failed before it logged anything leaves (a missing dataset, a flag Lightning refuses, a split that
+    leaves no training images)."""
     files = [path for path in folder.rglob("*") if path.is_file()] if folder.is_dir() else []
-    if all(path.parent == folder and path.name in (CONFIG_FILE, "hparams.yaml") for path in files):
+    if all(
+        path.parent == folder and (path.name in (CONFIG_FILE, "hparams.yaml") or _no_events(path)) for path in files
+    ):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _no_events(path: Path) -> bool:
+    """Whether `path` is a TensorBoard event file that holds its header record only (the file version): TFRecord
+    framing, each record a little-endian uint64 length, a 4-byte CRC, the data and another 4-byte CRC."""
+    if not path.name.startswith("events.out.tfevents."):
+        return False
+    content = path.read_bytes()
+    return len(content) >= 8 and 16 + int.from_bytes(content[:8], "little") == len(content)
 
 
 def run_of_checkpoint(checkpoint: Path) -> Path | None:
@@ -110,18 +126,22 @@ def choose_run_folder(
     fixed: Path | None = None,
     job_step: JobStep | None = None,
     claim: bool = True,
+    evaluation: tuple[str, Path] | None = None,
 ) -> RunFolder | None:
     """The folder of a run configured by `trainer` (the parsed `trainer` section).
 
     `resume_from`: the checkpoint a `fit` resumes, whose run continues. `fixed`: a folder chosen by the caller (a
     sweep trial's). `job_step`: the SLURM job step this process runs in, whose folder every run of the job (each
-    requeue) continues. `claim=False` (every process of a distributed run but global rank 0) claims no new folder and
-    gets None: such a process follows the folder that Lightning broadcasts from rank 0.
+    requeue) continues. `evaluation`: the subcommand (`test`, ...) and the checkpoint it evaluates, whose run the
+    evaluation's folder goes in. `claim=False` (every process of a distributed run but global rank 0) claims no new
+    folder and gets None: such a process follows the folder that Lightning broadcasts from rank 0.
     """
     if fixed is not None:
         return RunFolder(fixed)
     if resume_from is not None and (run := run_of_checkpoint(resume_from)) is not None:
         return RunFolder(run, resumed=True)
+    if evaluation is not None and (run := run_of_checkpoint(evaluation[1])) is not None:
+        return RunFolder(run / f"{evaluation[0]}-{evaluation[1].stem}", evaluation=True)
     root = runs_root(trainer)
     logger = folder_logger(trainer.logger)
     try:

@@ -36,9 +36,9 @@ def test_training_batches_are_distorted_and_validation_and_test_batches_are_not(
     trainer.test(model, datamodule=datamodule, verbose=False)
 
     def undistorted(dataset) -> torch.Tensor:
-        return datamodule.normalize(dataset.images).flatten(1)
+        return datamodule.pixels(dataset.images).flatten(1)
 
-    # Validation and test batches come in order: they are the stored images, normalized.
+    # Validation and test batches come in order: they are the stored images, as pixels in [0, 1].
     sanity_and_val = torch.cat(seen["val"]).flatten(1)
     torch.testing.assert_close(sanity_and_val[-200:], undistorted(datamodule.val_set))
     torch.testing.assert_close(torch.cat(seen["test"]).flatten(1), undistorted(datamodule.test_set))
@@ -64,5 +64,5 @@ def test_the_same_training_batches_without_distortion_are_stored_images(syntheti
         enable_checkpointing=False,
     )
     trainer.fit(MNISTClassifier(hidden_sizes=[8]), datamodule=datamodule)
-    stored = datamodule.normalize(datamodule.train_set.images).flatten(1)
+    stored = datamodule.pixels(datamodule.train_set.images).flatten(1)
     assert exact_distances(torch.cat(batches).flatten(1), stored).min(dim=1).values.max() < 1e-3

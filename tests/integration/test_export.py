@@ -15,8 +15,10 @@ from onnx import numpy_helper
 
 from mnist_lightning import commands
 from mnist_lightning.data.images import prepare_digit
+from mnist_lightning.datasets import DATASETS
 from mnist_lightning.errors import ArgumentError, CheckpointError
 from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.runs.checkpoints import DATAMODULE_STATE
 from mnist_lightning.tools.serving import export
 from mnist_lightning.tools.serving.predictors import OnnxPredictor, TorchPredictor
 from mnist_lightning.tools.serving.serve import load_predictor
@@ -104,7 +106,12 @@ def test_a_batch_norm_network_exports_in_eval_mode(synthetic_mnist: Path, tmp_pa
     checkpoint = tmp_path / "bn.ckpt"
     hparams = dict(model.hparams)
     torch.save(
-        {"state_dict": model.state_dict(), "hyper_parameters": hparams, "datamodule_hyper_parameters": {}}, checkpoint
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": hparams,
+            DATAMODULE_STATE: {"dataset": DATASETS["mnist"].facts()},
+        },
+        checkpoint,
     )
     export.main(["--ckpt_path", str(checkpoint), "--data_dir", str(synthetic_mnist)])
     assert "on 300 of 300 images (100.00%)" in capsys.readouterr().out

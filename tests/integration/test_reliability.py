@@ -52,7 +52,7 @@ def test_a_checkpoint_of_another_network_is_used_as_it_is_and_the_difference_nam
         f"--ckpt_path={tiny_checkpoint}",
     ]
     cli = cli_main([*args, "--trainer.enable_progress_bar=false"])
-    assert "hidden_sizes=[32] in the checkpoint, [64, 64] here" in capsys.readouterr().err
+    assert f"note: {tiny_checkpoint}: hidden_sizes=[32] from the checkpoint, not [64, 64]\n" in capsys.readouterr().err
     assert cli.model.hparams.hidden_sizes == [32]
     assert cli.trainer.callback_metrics["test/acc"] > 0.5
 

@@ -37,6 +37,8 @@ def test_hyperparameters_are_saved() -> None:
         "label_smoothing": 0.0,
         "input_size": 784,
         "num_classes": 10,
+        "mean": 0.1307,
+        "std": 0.3081,
     }
 
 

@@ -1,4 +1,4 @@
-"""A trained classifier outside Lightning: the network with its normalization and softmax as one module, and the two
+"""A trained classifier outside Lightning: the network with its normalization and a softmax as one module, and the two
 ways to run it on images in [0, 1] — onnxruntime on an exported model, or torch on a checkpoint.
 
 Both predictors take float32 N×C×H×W arrays of their dataset's image shape (1×28×28 for MNIST: white digit on
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mnist_lightning.datasets import DATASETS, DatasetSpec
+from mnist_lightning.datasets import DatasetSpec
 from mnist_lightning.errors import CheckpointError, first_line
 from mnist_lightning.tools.serving.native import signals_held
 
@@ -51,14 +51,10 @@ class ModelInfo:
         return metadata
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str], input_shape: tuple[int, int, int] | None = None) -> ModelInfo:
-        """The info an exported model's metadata records. Models exported before the image shape was recorded take
-        it from `input_shape` (the graph's input, less the batch axis) when given, else they are MNIST-shaped."""
+    def from_metadata(cls, metadata: dict[str, str]) -> ModelInfo:
+        """The info an exported model's metadata records."""
         accuracy = metadata.get("val_accuracy")
-        if "image_shape" in metadata:
-            shape = tuple(int(size) for size in json.loads(metadata["image_shape"]))
-        else:
-            shape = input_shape or DATASETS["mnist"].image_shape
+        shape = tuple(int(size) for size in json.loads(metadata["image_shape"]))
         classes = json.loads(metadata["classes"])
         if not isinstance(classes, list) or not classes or len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"classes {metadata['classes']}, image shape {list(shape)}")
@@ -71,25 +67,22 @@ class ModelInfo:
 
 
 class ProbabilityModel(nn.Module):
-    """A classifier's network behind its dataset's normalization and in front of a softmax: images in [0, 1] in,
+    """A classifier's network, with the normalization it was trained with, in front of a softmax: images in [0, 1] in,
     class probabilities out. This is the graph `export` writes."""
 
-    def __init__(self, net: nn.Module, mean: float, std: float) -> None:
+    def __init__(self, normalize: nn.Module, net: nn.Module) -> None:
         super().__init__()
+        self.normalize = normalize
         self.net = net
-        self.mean = mean
-        self.std = std
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.net((images - self.mean) / self.std).softmax(dim=-1)
+        return self.net(self.normalize(images)).softmax(dim=-1)
 
 
 def load_probability_model(ckpt_path: Path) -> tuple[ProbabilityModel, ModelInfo]:
-    """The checkpoint's network in eval mode (dropout off, batch norm on its running statistics), normalized with the
-    checkpoint's dataset's statistics, and its info."""
+    """The checkpoint's trained model as a `ProbabilityModel`, in eval mode, and its info."""
     # Lightning is imported for checkpoints only: serving an ONNX model starts without it.
-    from mnist_lightning.model import MNISTClassifier
-    from mnist_lightning.runs.checkpoints import dataset_of, read_checkpoint, val_accuracy_of
+    from mnist_lightning.runs.checkpoints import dataset_of, model_from_checkpoint, read_checkpoint, val_accuracy_of
 
     try:
         checkpoint = read_checkpoint(ckpt_path)
@@ -100,25 +93,16 @@ def load_probability_model(ckpt_path: Path) -> tuple[ProbabilityModel, ModelInfo
                 f"`python -m mnist_lightning serve --model {ckpt_path}`"
             ) from None
         raise
-    spec = dataset_of(checkpoint, f"--ckpt_path {ckpt_path}", note_assumed=True)
-    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    try:
-        classifier = MNISTClassifier(**hparams)
-        classifier.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as e:
+    source = f"--ckpt_path {ckpt_path}"
+    spec = dataset_of(checkpoint, source)
+    classifier = model_from_checkpoint(checkpoint, source)
+    if classifier.hparams.input_size != spec.input_size or classifier.hparams.num_classes != len(spec.classes):
         raise CheckpointError(
-            f"--ckpt_path {ckpt_path} does not fit MNISTClassifier ({first_line(e)}): "
-            "use a checkpoint written by this project's `fit`"
-        ) from None
-    if classifier.hparams.get("input_size") != spec.input_size or classifier.hparams.get("num_classes") != len(
-        spec.classes
-    ):
-        raise CheckpointError(
-            f"--ckpt_path {ckpt_path} records {spec.name} ({'×'.join(map(str, spec.image_shape))} images, "
-            f"{len(spec.classes)} classes) but its network takes {classifier.hparams.get('input_size')} pixels to "
-            f"{classifier.hparams.get('num_classes')} classes: use a checkpoint written by this project's `fit`"
+            f"{source} records {spec.name} ({'×'.join(map(str, spec.image_shape))} images, {len(spec.classes)} "
+            f"classes) but its network takes {classifier.hparams.input_size} pixels to "
+            f"{classifier.hparams.num_classes} classes: use a checkpoint written by this project's `fit`"
         )
-    model = ProbabilityModel(classifier.net, spec.mean, spec.std).eval()
+    model = ProbabilityModel(classifier.normalize, classifier.net).eval()
     return model, ModelInfo.of(spec, val_accuracy_of(checkpoint))
 
 
@@ -232,16 +216,14 @@ def read_model_file(path: Path) -> bytes:
 def model_info(session: Any, label: str) -> ModelInfo:
     """What an exported model was trained for, from its metadata, checked against its graph's input and output."""
     metadata = session.get_modelmeta().custom_metadata_map
-    if "classes" not in metadata or "dataset" not in metadata:
+    if not {"classes", "dataset", "image_shape"} <= set(metadata):
         raise CheckpointError(
             f"{label} has no dataset and class names in its metadata, so what its outputs mean is unknown: it was "
             f"not written by this project's export; export the checkpoint with {EXPORT_COMMAND}"
         )
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    input_shape = inputs[0].shape[1:] if len(inputs) == 1 else []
-    known = tuple(input_shape) if len(input_shape) == 3 and all(isinstance(n, int) for n in input_shape) else None
     try:
-        info = ModelInfo.from_metadata(metadata, input_shape=known)
+        info = ModelInfo.from_metadata(metadata)
     except (ValueError, TypeError, KeyError) as e:  # json.JSONDecodeError is a ValueError
         raise CheckpointError(
             f"{label} records its classes or image shape unreadably ({first_line(e)}): export the checkpoint again "
