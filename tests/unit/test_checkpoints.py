@@ -92,7 +92,7 @@ def test_fit_resumes_only_from_last_or_a_file(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_last_is_the_file_the_last_checkpoint_callback_writes_whatever_its_name(tmp_path: Path) -> None:
-    """`fit --last_checkpoint.filename mine` writes mine.ckpt, and `--ckpt_path last` then finds it; best is never it."""
+    """`fit --last_checkpoint.filename mine` writes mine.ckpt, and `--ckpt_path last` finds it; best is never it."""
     root = tmp_path / "lightning_logs"
     folder = root / "version_0" / "checkpoints"
     folder.mkdir(parents=True)
@@ -100,7 +100,7 @@ def test_last_is_the_file_the_last_checkpoint_callback_writes_whatever_its_name(
     torch.save(plain_checkpoint(2), folder / "mine.ckpt")
     assert path_of("fit", "last", root, "mine.ckpt") == str(folder / "mine.ckpt")
     assert path_of("test", "best", root, "mine.ckpt") == str(folder / "epoch00-val_acc0.5000.ckpt")
-    with pytest.raises(CheckpointError, match="no run under .* has a last checkpoint"):
+    with pytest.raises(CheckpointError, match=r"no run under .* has a last checkpoint"):
         resolve_checkpoint("fit", "last", root)  # last.ckpt: there is none
 
 

@@ -91,14 +91,23 @@ def a_folder(*parts: str) -> Callable[[Path], None]:
 CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     # The sweep file
     "no --config": (lambda folder: [], ["--config is required: name the sweep file, e.g. python -m mnist_lightning"]),
-    "missing sweep file": (lambda folder: [f"--config={folder / 'nope.yaml'}"], ["nope.yaml: no such sweep file"]),
-    "sweep file is a folder": (lambda folder: [f"--config={folder}"], ["is a folder: pass a sweep file"]),
-    "empty sweep file": (raw_sweep_file(""), ["sweep.yaml is empty: a sweep file maps fit, metric"]),
-    "sweep file of plain text": (raw_sweep_file("hello world\n"), ["holds a str, 'hello world', not a mapping of fit"]),
-    "sweep file of random bytes": (raw_sweep_file(BYTES), ["sweep.yaml is not text (YAML): pass a sweep file"]),
+    "missing sweep file": (
+        lambda folder: [f"--config={folder / 'nope.yaml'}"],
+        ["nope.yaml: no such file; pass a sweep file"],
+    ),
+    "sweep file is a folder": (lambda folder: [f"--config={folder}"], [": a folder, not a sweep file"]),
+    "empty sweep file": (raw_sweep_file(""), ["sweep.yaml is empty, not a YAML mapping of fit, metric"]),
+    "sweep file of plain text": (
+        raw_sweep_file("hello world\n"),
+        ["holds a str, 'hello world', not a YAML mapping of fit"],
+    ),
+    "sweep file of random bytes": (raw_sweep_file(BYTES), ["sweep.yaml is not text (YAML); pass a sweep file"]),
     "sweep file not YAML": (
         raw_sweep_file("fit: [fast.yaml\n"),
-        ["sweep.yaml is not valid YAML: expected ',' or ']', but got '<stream end>' at line 2, column 1"],
+        [
+            "sweep.yaml is not valid YAML: while parsing a flow sequence, did not find expected ',' or ']' at line 2, "
+            "column 1"
+        ],
     ),
     "sweep file a list": (raw_sweep_file("- fit\n- search_space\n"), ["holds a list, ['fit', 'search_space']"]),
     "a fit config as the sweep file": (
@@ -112,11 +121,14 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "no fit section": (sweep_file(fit=None), ["no `fit:` section: name the fit config the trials start from"]),
     "fit is a number": (sweep_file(fit=3), ["fit must name the fit config the trials start from", "got 3"]),
     "fit file missing": (fit_file(None), ["fit config", "fit.yaml does not exist (the path is relative to the sweep"]),
-    "fit file empty": (fit_file(""), ["fit.yaml holds nothing, not a mapping of fit settings"]),
-    "fit file of random bytes": (fit_file(BYTES), ["fit.yaml is not text (YAML): pass a fit config"]),
+    "fit file empty": (fit_file(""), ["fit.yaml is empty, not a YAML mapping of fit settings"]),
+    "fit file of random bytes": (fit_file(BYTES), ["fit.yaml is not text (YAML); pass a fit config"]),
     "fit file not YAML": (fit_file("model: {lr: 0.1\n"), ["fit.yaml is not valid YAML"]),
-    "fit file a list": (fit_file("- model\n"), ["fit.yaml holds a list, ['model'], not a mapping of fit settings"]),
-    "fit file a folder": (fit_file("/"), ["fit.yaml is a folder: pass a fit config"]),
+    "fit file a list": (
+        fit_file("- model\n"),
+        ["fit.yaml holds a list, ['model'], not a YAML mapping of fit settings"],
+    ),
+    "fit file a folder": (fit_file("/"), ["fit.yaml: a folder, not a fit config"]),
     "fit file with a wrong setting": (fit_file("model: {lr: fast}\n"), ["model.lr"]),
     "metric not a name": (sweep_file(metric=5), ["metric must name a logged metric (val/acc_best, val/loss, ...)"]),
     "direction misspelt": (sweep_file(direction="maximise"), ["direction must be maximize or minimize"]),
@@ -157,13 +169,16 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         ["n_trials 5 is more than the 4 different parameter sets that search_space", "lower --n_trials to 4"],
     ),
     # The sweep's own flags
-    "--workers 0": (flags("--workers=0"), ["--workers: must be a positive integer, got '0'"]),
-    "--n_trials -1": (flags("--n_trials", "-1"), ["--n_trials: must be a positive integer, got '-1'"]),
-    "--n_trials not a number": (flags("--n_trials=abc"), ["--n_trials: must be a positive integer, got 'abc'"]),
-    "--n_trials without a value": (flags("--n_trials"), ["--n_trials: expected one argument"]),
+    "--workers 0": (flags("--workers=0"), ["--workers 0: expected a positive integer"]),
+    "--n_trials -1": (flags("--n_trials", "-1"), ["--n_trials -1: expected a positive integer"]),
+    "--n_trials not a number": (flags("--n_trials=abc"), ["--n_trials abc: expected a positive integer"]),
+    "--n_trials without a value": (flags("--n_trials"), ["--n_trials needs a value: --n_trials VALUE"]),
     "--worker misspelt": (flags("--worker=2"), ["unknown flag --worker: did you mean --workers?"]),
     "--n-trials misspelt": (flags("--n-trials", "3"), ["unknown flag --n-trials: did you mean --n_trials?"]),
     "--storge misspelt": (flags("--storge=x"), ["unknown flag --storge: did you mean --storage?"]),
+    "--work abbreviated": (flags("--work", "2"), ["unknown flag --work: did you mean --workers?"]),
+    "--stu abbreviated": (flags("--stu=wide"), ["unknown flag --stu: did you mean --study?"]),
+    "--conf abbreviated": (lambda folder: ["--conf", str(write_sweep(folder))], ["did you mean --config?"]),
     "empty --study": (flags("--study="), ["--study '': a study name must be a plain folder name"]),
     "--study a path": (flags("--study=a/b"), ["--study 'a/b': a study name must be a plain folder name"]),
     # Fit flags

@@ -18,7 +18,7 @@ from jsonargparse import ArgumentParser
 from mnist_lightning.datasets import DATASETS
 from mnist_lightning.errors import ArgumentError, UserError
 from mnist_lightning.files import check_writable, write_atomically
-from mnist_lightning.flag_errors import parse
+from mnist_lightning.flag_errors import flag_parser, parse
 from mnist_lightning.tools.serving.native import signals_held
 from mnist_lightning.tools.serving.predictors import (
     INPUT_NAME,
@@ -57,10 +57,9 @@ class Agreement:
 
 
 def parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="python -m mnist_lightning export",
-        description="Write a checkpoint as an ONNX model, checked against the checkpoint on the official test set.",
-        exit_on_error=False,
+    parser = flag_parser(
+        "python -m mnist_lightning export",
+        "Write a checkpoint as an ONNX model, checked against the checkpoint on the official test set.",
     )
     parser.add_argument("--ckpt_path", type=Path, required=True, help="The checkpoint to export.")
     parser.add_argument(

@@ -20,7 +20,7 @@ import torch
 from jsonargparse import ArgumentParser
 
 from mnist_lightning.errors import ArgumentError
-from mnist_lightning.flag_errors import parse
+from mnist_lightning.flag_errors import flag_parser, parse
 from mnist_lightning.tools.serving.predictors import (
     OnnxPredictor,
     Predictor,
@@ -123,10 +123,9 @@ def serve_at(host: str, port: int) -> str | None:
 
 
 def parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="python -m mnist_lightning serve",
-        description="A web page to draw digits on, and an HTTP API (POST /predict, GET /health), for one model.",
-        exit_on_error=False,
+    parser = flag_parser(
+        "python -m mnist_lightning serve",
+        "A web page to draw digits on, and an HTTP API (POST /predict, GET /health), for one model.",
     )
     parser.add_argument("--ckpt_path", type=Path | None, default=None, help="A checkpoint written by `fit`.")
     parser.add_argument("--model", type=Path | None, default=None, help="An ONNX model written by `export`.")

@@ -12,20 +12,21 @@ process died become FAIL, and the total stops at `n_trials` COMPLETE or PRUNED t
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
-import re
 import shlex
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import optuna
+from jsonargparse import ArgumentParser
+from jsonargparse.typing import PositiveInt
 
 from mnist_lightning import interrupts
 from mnist_lightning.cli import build_cli
 from mnist_lightning.errors import ArgumentError
+from mnist_lightning.flag_errors import closest_flag, flag_parser, parse, unknown_flag
 from mnist_lightning.runs.folders import runs_root
 from mnist_lightning.tools.sweep.config import SweepConfig, check_keys, read_sweep_config, space_size
 from mnist_lightning.tools.sweep.report import report
@@ -74,58 +75,67 @@ def main(args: list[str]) -> None:
         raise SystemExit(1)
 
 
-class SweepArgumentParser(argparse.ArgumentParser):
-    """The sweep's own flags; a mistake in them is one line (argparse would print its usage first)."""
-
-    def error(self, message: str) -> NoReturn:
-        if "required: --config" in message:
-            raise ArgumentError(
-                f"--config is required: name the sweep file, e.g. {COMMAND} --config configs/sweep.yaml"
-            )
-        message = re.sub(r"^argument (--\w+): ", r"\1: ", message)
-        raise ArgumentError(f"{message}; {COMMAND} --help lists the sweep's flags")
-
-
-def positive_integer(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 OWN_FLAGS = ("config", "study", "storage", "n_trials", "workers")
 # The top-level flags of `fit` (LightningCLI's and this project's), which no sweep flag's misspelling is taken for.
 FIT_FLAGS = ("seed_everything", "ckpt_path", "test_after_fit", "print_config", "optimizer", "lr_scheduler")
+CONFIG_REQUIRED = f"name the sweep file, e.g. {COMMAND} --config configs/sweep.yaml"
+
+
+def sweep_parser() -> ArgumentParser:
+    """The sweep's own flags (`OWN_FLAGS`), parsed as every command's are (`flag_errors.parse`)."""
+    parser = flag_parser(
+        COMMAND,
+        "Search hyperparameters with Optuna, each trial a fit. Every other flag (--model.*, --data.*, --trainer.*, "
+        "...) reaches every trial: python -m mnist_lightning fit --help lists them. docs/sweeps.md says more.",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="the sweep file, e.g. configs/sweep.yaml")
+    parser.add_argument("--study", type=str, default=None, help="study name (default: the sweep file's name)")
+    parser.add_argument(
+        "--storage",
+        type=str,
+        default=None,
+        help="postgresql://USER:PASSWORD@HOST/DB, shared by machines, or a journal file's path (default: "
+        f"lightning_logs/<study>/{JOURNAL_FILE})",
+    )
+    parser.add_argument(
+        "--n_trials",
+        type=PositiveInt,
+        default=None,
+        help="COMPLETE + PRUNED trials to reach (default: the sweep file's)",
+    )
+    parser.add_argument("--workers", type=PositiveInt, default=1, help="worker processes on this machine")
+    return parser
+
+
+def split_sweep_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """`args` as the sweep's own flags (and --help), each with its value (`--flag value` or `--flag=value`), and the
+    rest, in order: the fit overrides. (jsonargparse, unlike argparse, has no parse_known_args that works.)"""
+    own: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(args):
+        flag = args[i].split("=", 1)[0]
+        if flag in ("-h", "--help"):
+            own.append(args[i])
+        elif flag in {f"--{name}" for name in OWN_FLAGS}:
+            takes_next = "=" not in args[i] and i + 1 < len(args) and not args[i + 1].startswith("--")
+            own += args[i : i + 1 + takes_next]  # `--n_trials -1`: its value, refused by the parser
+            i += takes_next
+        else:
+            overrides.append(args[i])
+        i += 1
+    return own, overrides
 
 
 def parse_sweep(args: list[str]) -> Sweep:
     """The sweep's own flags; every other flag is a fit override, checked by LightningCLI before any trial runs.
     Nothing is written until everything has been checked."""
-    parser = SweepArgumentParser(
-        prog=COMMAND,
-        allow_abbrev=False,
-        description="Search hyperparameters with Optuna, each trial a fit. Every other flag (--model.*, --data.*, "
-        "--trainer.*, ...) reaches every trial: python -m mnist_lightning fit --help lists them. docs/sweeps.md "
-        "says more.",
-    )
-    parser.add_argument("--config", required=True, type=Path, help="the sweep file, e.g. configs/sweep.yaml")
-    parser.add_argument("--study", help="study name (default: the sweep file's name)")
-    parser.add_argument(
-        "--storage",
-        help="postgresql://USER:PASSWORD@HOST/DB, shared by machines, or a journal file's path (default: "
-        f"lightning_logs/<study>/{JOURNAL_FILE})",
-    )
-    parser.add_argument(
-        "--n_trials", type=positive_integer, help="COMPLETE + PRUNED trials to reach (default: the sweep file's)"
-    )
-    parser.add_argument(
-        "--workers", type=positive_integer, default=1, help="worker processes on this machine (default 1)"
-    )
-    own, overrides = parser.parse_known_args(args)
+    own_args, overrides = split_sweep_args(args)
+    parser = sweep_parser()
+    if "-h" in own_args or "--help" in own_args:
+        parse(parser, own_args)  # the help, whatever else is wrong, as for every command
     refuse_misspelt_sweep_flags(overrides)
+    own = parse(parser, own_args, fixes={"--config": CONFIG_REQUIRED})
     if own.study is not None and (not own.study or "/" in own.study or own.study.startswith(".")):
         raise ArgumentError(f"--study {own.study!r}: a study name must be a plain folder name, e.g. --study wide")
     if own.storage is not None and not own.storage.strip():
@@ -183,20 +193,17 @@ CKPT_PATH_REFUSED = (
 
 
 def refuse_misspelt_sweep_flags(overrides: list[str]) -> None:
-    """A flag that is not a fit setting but close to one of the sweep's own (--worker, --n_trial, --storge) is a
-    misspelling of it, not a fit override for LightningCLI to call unknown."""
+    """A flag that is not a fit setting but close to one of the sweep's own (--worker, --n_trial, --storge), or an
+    abbreviation of one (--work, --n), is a misspelling of it, not a fit override for LightningCLI to call unknown."""
     for flag in overrides:
         if not flag.startswith("--"):
             continue
         key = flag.removeprefix("--").split("=", 1)[0]
         if "." in key or key in FIT_FLAGS or key in OWN_FLAGS:
             continue
-        close = difflib.get_close_matches(key.replace("-", "_"), OWN_FLAGS, n=1, cutoff=0.75)
+        close = closest_flag(key.replace("-", "_"), OWN_FLAGS, cutoff=0.75)
         if close:
-            raise ArgumentError(
-                f"unknown flag --{key}: did you mean --{close[0]}? The sweep's own flags are "
-                f"{', '.join('--' + name for name in OWN_FLAGS)}"
-            )
+            raise unknown_flag(f"--{key}", f"--{close}", COMMAND)
 
 
 def check_fit_args(fit_args: tuple[str, ...], config: SweepConfig) -> tuple[Path, dict[str, Any]]:

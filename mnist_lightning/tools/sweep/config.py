@@ -15,11 +15,13 @@ import optuna
 import yaml
 
 from mnist_lightning.errors import ArgumentError
+from mnist_lightning.flag_errors import YamlFile
 from mnist_lightning.tools.sweep.sampler import TrialSeededSampler
 
 SECTIONS = ("fit", "metric", "direction", "n_trials", "sampler", "pruner", "search_space")
 FIT_SECTIONS = ("model", "data", "trainer", "seed_everything", "optimizer", "lr_scheduler", "ckpt_path")
 EXAMPLE = "(configs/sweep.yaml is an example)"
+FIT_SETTINGS = "fit settings (model: ..., data: ..., trainer: ...)"
 DIRECTIONS = ("maximize", "minimize")
 # Optuna stores these as they are; anything else (a list of widths, say) is stored as its JSON text.
 PLAIN = (str, int, float, bool, type(None))
@@ -104,11 +106,7 @@ def _construct(cls: type, arguments: dict[str, Any], section: str) -> Any:
 def read_sweep_config(path: Path) -> SweepConfig:
     """Read and check a sweep file; every problem is one line that names it and its fix. The sampler and the pruner
     are built once here, so that a wrong argument of theirs stops the sweep before anything is written."""
-    raw = _read_yaml(path, f"--config {path}", "sweep file")
-    if raw is None:
-        raise ArgumentError(f"--config {path} is empty: a sweep file maps {', '.join(SECTIONS)} {EXAMPLE}")
-    if not isinstance(raw, dict):
-        raise ArgumentError(f"--config {path} holds {held(raw)}, not a mapping of {', '.join(SECTIONS)} {EXAMPLE}")
+    raw = YamlFile(f"--config {path}", "sweep file", f" {EXAMPLE}", ", ".join(SECTIONS)).mapping(path)
     fit_sections = sorted(set(raw) & set(FIT_SECTIONS))
     if fit_sections and not set(raw) & {"fit", "search_space"}:
         raise ArgumentError(
@@ -152,34 +150,6 @@ def read_sweep_config(path: Path) -> SweepConfig:
     return config
 
 
-def _read_yaml(path: Path, name: str, what: str, example: str = EXAMPLE) -> Any:
-    """The YAML in `path` (`name` is how messages call it), or one line that says why it cannot be read."""
-    if path.is_dir():
-        raise ArgumentError(f"{name} is a folder: pass a {what} {example}")
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ArgumentError(f"{name}: no such {what} {example}") from None
-    except UnicodeDecodeError:
-        raise ArgumentError(f"{name} is not text (YAML): pass a {what} {example}") from None
-    except OSError as e:
-        raise ArgumentError(f"{name} cannot be read ({e.strerror}): make it readable") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        reason = f"{e.problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else " ".join(str(e).split())
-        raise ArgumentError(f"{name} is not valid YAML: {reason}") from None
-
-
-def held(value: Any) -> str:
-    """What a YAML file holds instead of a mapping, for a message."""
-    if value is None or value == {}:
-        return "nothing"
-    text = " ".join(repr(value).split())
-    return f"a {type(value).__name__}, {text[:40]}{'...' if len(text) > 40 else ''}"
-
-
 def _fit_config(path: Path, fit: Any) -> str:
     if isinstance(fit, dict):
         return yaml.safe_dump(fit, default_flow_style=True, width=10**6).strip()
@@ -192,12 +162,7 @@ def _fit_config(path: Path, fit: Any) -> str:
     name = f"{path}: fit config {fit_path}"
     if not fit_path.exists() and not fit_path.is_symlink():
         raise ArgumentError(f"{name} does not exist (the path is relative to the sweep file)")
-    settings = _read_yaml(fit_path, name, "fit config", "(configs/fast.yaml is one)")
-    if not isinstance(settings, dict) or not settings:
-        raise ArgumentError(
-            f"{name} holds {held(settings)}, not a mapping of fit settings (model: ..., data: ..., trainer: ...): "
-            "name a preset such as fast.yaml, or a run's config.yaml"
-        )
+    YamlFile(name, "fit config", " (configs/fast.yaml is one)", FIT_SETTINGS).mapping(fit_path)
     return str(fit_path)
 
 
