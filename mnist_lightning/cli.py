@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgre
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
+from mnist_lightning import compat
 from mnist_lightning.callbacks.dashboard import Dashboard
 from mnist_lightning.callbacks.last_checkpoint import LastCheckpoint
 from mnist_lightning.callbacks.predictions import PredictionWriter
@@ -226,7 +227,7 @@ class MNISTLightningCLI(CLIInternals, LightningCLI):
             self.save_config_kwargs["overwrite"] = True  # the same evaluation again: its config of this time
         if run.resumed:
             self.save_config_kwargs["overwrite"] = True  # the same run's config, now with its ckpt_path
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            warnings.filterwarnings("ignore", message=compat.RESUMED_FOLDER_NOT_EMPTY)
             if resumed is not None and rank_zero_only.rank == 0:
                 print(f"Resuming {run.path} from {config.ckpt_path}")
         elif (run.path / CONFIG_FILE).exists() and not self.save_config_kwargs.get("overwrite"):
@@ -310,7 +311,7 @@ def callbacks_for(subcommand: str, trainer_config: dict[str, Any], callbacks: li
     if subcommand != "fit":
         trainer_config["enable_checkpointing"] = False  # nor Lightning's default one: evaluating saves nothing
         # The checkpoint callbacks' saved states matter to a resumed fit only; evaluating needs none of them.
-        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
+        warnings.filterwarnings("ignore", message=compat.EVALUATION_WITH_OTHER_CALLBACKS)
     if trainer_config.get("enable_checkpointing") is False:
         callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
     if any(isinstance(cb, ProgressBar) for cb in trainer_config.get("callbacks") or []):  # the user's own (Rich...)

@@ -45,6 +45,27 @@ class CLIInternals:
         return self._instantiate_trainer(config, callbacks)  # type: ignore[attr-defined]
 
 
+# Message texts of Lightning's, by what the project does with them. Warnings (regular expressions, for
+# warnings.filterwarnings): Lightning's note that a resumed run's checkpoint folder is not empty (it is the run's own);
+# that an evaluation's checkpoint was written with other callbacks (only a resumed fit needs their states); that
+# LightningCLI is given args while sys.argv holds others (a sweep's trials); that `srun` exists but is not used (on
+# any machine with SLURM installed, where slurm/fit.sbatch runs fits under srun); and a deprecation inside Lightning,
+# printed twice per fit with torch 2.14.
+RESUMED_FOLDER_NOT_EMPTY = r"Checkpoint directory .* exists and is not empty"
+EVALUATION_WITH_OTHER_CALLBACKS = r"Be aware that when using `ckpt_path`, callbacks used to create"
+CLI_ARGS_BESIDE_ARGV = r"LightningCLI's args parameter is intended"
+SRUN_NOT_USED = r"The `srun` command is available on your system but is not used"
+TREESPEC_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+# Log records the project says better itself (defaults.is_not_noise drops a record that holds one): Lightning's
+# adverts; its signal connector's notes of a signal and of SLURM requeueing (interrupts.py ends the command with one
+# line that says what happened); ModelCheckpoint's note of the checkpoint it saved when a run stopped
+# ("An <error> was raised with message: ..."; callbacks.last_checkpoint says where and how to resume).
+NOISE = ("💡 Tip", "Received SIGTERM", "Bypassing SIGTERM", "SLURM auto-requeueing enabled")
+SAVED_ON_EXCEPTION = ("An ", "was raised with message")
+# The loggers that write those records.
+NOISY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.signal_connector")
+
+
 def stop_at_batch_end(trainer: Any) -> None:
     """Make a Trainer's loops stop at the end of the current batch, as they do after SIGTERM.
 

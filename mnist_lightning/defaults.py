@@ -11,6 +11,8 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from lightning.pytorch.profilers import PassThroughProfiler
 
+from mnist_lightning import compat
+
 
 class NullProfiler(PassThroughProfiler):
     """Lightning's default profiler, which records nothing, without the cost of entering it.
@@ -39,20 +41,16 @@ def stop_probing_for_nvml_without_gpus() -> None:
 def silence_third_party_noise() -> None:
     """Drop messages a user of this program can do nothing about, or that it says better itself: a deprecation inside
     Lightning (printed twice per fit with torch 2.14), its hint to use `srun` on any machine where SLURM is installed
-    (slurm/fit.sbatch runs fits under srun; outside a job there is nothing to do about it), and `NOISE`."""
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
-    # Filters are added once, however often this runs.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(is_not_noise)
-    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").addFilter(is_not_noise)
-
-
-# Lightning's messages that this project says better itself: its advert; ModelCheckpoint's note of the checkpoint it
-# saved when a run stopped, and the signal connector's of the signal (interrupts.py ends the command with one line
-# that says both).
-NOISE = ("💡 Tip", "Received SIGTERM", "Bypassing SIGTERM", "SLURM auto-requeueing enabled")
+    (slurm/fit.sbatch runs fits under srun; outside a job there is nothing to do about it), and compat.NOISE."""
+    warnings.filterwarnings("ignore", message=compat.TREESPEC_DEPRECATION)
+    warnings.filterwarnings("ignore", message=compat.SRUN_NOT_USED)
+    for name in compat.NOISY_LOGGERS:  # a filter is added once, however often this runs
+        logging.getLogger(name).addFilter(is_not_noise)
 
 
 def is_not_noise(record: logging.LogRecord) -> bool:
+    """Whether a log record of Lightning's is worth showing (compat.NOISE and SAVED_ON_EXCEPTION say what is not)."""
     message = record.getMessage()
-    return not (any(noise in message for noise in NOISE) or ("An " in message and "was raised with message" in message))
+    return not any(noise in message for noise in compat.NOISE) and not all(
+        part in message for part in compat.SAVED_ON_EXCEPTION
+    )

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
-from mnist_lightning import interrupts
+from mnist_lightning import compat, interrupts
 from mnist_lightning.cli import build_cli
 from mnist_lightning.defaults import silence_third_party_noise
 from mnist_lightning.errors import ArgumentError, TrainingDiverged, UserError, one_line_errors
@@ -42,7 +42,7 @@ def silence_sweep_noise() -> None:
     and Optuna's own lines for failed trials carry a traceback the sweep replaces with the trial's error."""
     silence_third_party_noise()
     # Trials hand LightningCLI their arguments, which it warns about when sys.argv holds others (the sweep's).
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    warnings.filterwarnings("ignore", message=compat.CLI_ARGS_BESIDE_ARGV)
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
