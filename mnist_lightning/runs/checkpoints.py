@@ -174,7 +174,10 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: str) -> MNISTClass
         model = MNISTClassifier(**hyperparameters_of(checkpoint))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{source} does not fit MNISTClassifier ({first_line(e)}): {WRITTEN_BY_FIT}") from None
-    model.load_state_dict(checkpoint["state_dict"])  # a mismatch is the model's own one-line CheckpointError
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except CheckpointError as e:  # the model's own wording of weights that do not fit it
+        raise CheckpointError(f"{source} does not fit MNISTClassifier: {e}") from None
     return model.eval()
 
 

@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 
 from mnist_lightning import commands
 from mnist_lightning.datasets import DATASETS
+from mnist_lightning.errors import CheckpointError
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.runs.checkpoints import DATAMODULE_STATE
 from mnist_lightning.tools.serving import export
@@ -162,7 +163,7 @@ def probabilities_normalized_with(checkpoint: Path, pixels: np.ndarray, mean: fl
     hparams = {k: v for k, v in contents["hyper_parameters"].items() if not k.startswith("_")}
     classifier = MNISTClassifier(**hparams)
     classifier.load_state_dict(contents["state_dict"])
-    with torch.inference_mode():
+    with torch.inference_mode():  # the network alone, behind the normalization given here
         return classifier.net.eval()((torch.from_numpy(pixels) - mean) / std).softmax(dim=-1).numpy()
 
 
@@ -191,11 +192,14 @@ def test_a_checkpoint_of_another_dataset_exports_with_its_class_names_and_normal
     np.testing.assert_allclose(served(pixels), expected, atol=1e-5)
 
 
-def test_the_dataset_facts_a_checkpoint_records_are_used_over_the_registrys(tiny_checkpoint: Path, tmp_path) -> None:
+def test_the_classes_a_checkpoint_records_and_its_models_normalization_are_used_over_the_registrys(
+    tiny_checkpoint: Path, tmp_path
+) -> None:
     names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
     def record(contents: dict) -> None:
-        contents[DATAMODULE_STATE]["dataset"].update(classes=names, mean=0.5, std=0.25)
+        contents[DATAMODULE_STATE]["dataset"].update(classes=names)
+        contents["state_dict"].update({"normalize.mean": torch.tensor(0.5), "normalize.std": torch.tensor(0.25)})
 
     checkpoint = rewritten(tiny_checkpoint, tmp_path / "recorded.ckpt", record)
     model, info = load_probability_model(checkpoint)
@@ -206,31 +210,13 @@ def test_the_dataset_facts_a_checkpoint_records_are_used_over_the_registrys(tiny
     np.testing.assert_allclose(actual, probabilities_normalized_with(checkpoint, pixels, 0.5, 0.25), atol=1e-6)
 
 
-def test_a_checkpoint_of_an_earlier_version_uses_the_dataset_it_names(
-    fashion_checkpoint: Path, tmp_path: Path, capsys
-) -> None:
-    """Earlier versions recorded the dataset's name only (in the data module's hyperparameters)."""
-    checkpoint = rewritten(fashion_checkpoint, tmp_path / "earlier.ckpt", lambda c: c.pop(DATAMODULE_STATE))
-    model, info = load_probability_model(checkpoint)
-    fashion = DATASETS["fashion_mnist"]
-    assert info.dataset == "fashion_mnist" and info.classes == fashion.classes and info.image_shape == (1, 28, 28)
-    assert (model.mean, model.std) == (fashion.mean, fashion.std)
-    assert capsys.readouterr().err == ""
-
-
-def test_a_checkpoint_that_records_no_dataset_is_taken_as_mnist_and_says_so(
-    tiny_checkpoint: Path, tmp_path: Path, capsys
-) -> None:
-    def forget(contents: dict) -> None:
-        contents.pop(DATAMODULE_STATE)
-        contents.pop("datamodule_hyper_parameters")
-
-    checkpoint = rewritten(tiny_checkpoint, tmp_path / "oldest.ckpt", forget)
-    model, info = load_probability_model(checkpoint)
-    assert info.dataset == "mnist" and (model.mean, model.std) == (DATASETS["mnist"].mean, DATASETS["mnist"].std)
-    assert capsys.readouterr().err == (
-        f"note: --ckpt_path {checkpoint} does not record its dataset (an earlier version wrote it): taken as mnist, "
-        "with its classes and normalization\n"
+def test_a_checkpoint_that_records_no_dataset_is_refused_in_one_line(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    checkpoint = rewritten(tiny_checkpoint, tmp_path / "oldest.ckpt", lambda contents: contents.pop(DATAMODULE_STATE))
+    with pytest.raises(CheckpointError) as error:
+        load_probability_model(checkpoint)
+    assert str(error.value) == (
+        f"--ckpt_path {checkpoint} does not record its dataset: use a checkpoint written by `python -m mnist_lightning "
+        "fit`"
     )
 
 
@@ -241,7 +227,7 @@ def test_a_checkpoint_of_a_dataset_not_registered_here_is_checked_on_random_imag
     names = ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
 
     def record(contents: dict) -> None:
-        contents[DATAMODULE_STATE]["dataset"].update(name="kmnist", classes=names, mean=0.19, std=0.35)
+        contents[DATAMODULE_STATE]["dataset"].update(name="kmnist", classes=names)
         contents["datamodule_hyper_parameters"]["dataset"] = "kmnist"
 
     checkpoint = rewritten(exported.checkpoint, tmp_path / "kmnist.ckpt", record)
@@ -286,6 +272,7 @@ def metadata_of(model: Path) -> dict[str, str]:
 
 
 FIX = "export the checkpoint with `python -m mnist_lightning export --ckpt_path CHECKPOINT`"
+MNIST_SHAPE = json.dumps([1, 28, 28])
 NOT_COMPLETE = " is not a complete ONNX model (onnxruntime: Failed to load model because protobuf parsing failed): it "
 NOT_COMPLETE += "was truncated, or not written by `python -m mnist_lightning export`; export the checkpoint again"
 BROKEN_MODELS = {
@@ -302,24 +289,26 @@ BROKEN_MODELS = {
     ),
     "another-programs-model": (
         lambda good, tiny: identity_model(),
-        f" has no dataset and class names in its metadata, so what its outputs mean is unknown: it was not written by "
-        f"this project's export; {FIX}",
+        f" has no dataset, class names and image shape in its metadata, so what it takes and gives is unknown: it was "
+        f"not written by this project's export; {FIX}",
     ),
     "metadata-without-classes": (
-        lambda good, tiny: with_metadata(good, dataset="mnist"),
-        " has no dataset and class names in its metadata",
+        lambda good, tiny: with_metadata(good, dataset="mnist", image_shape=MNIST_SHAPE),
+        " has no dataset, class names and image shape in its metadata",
     ),
     "metadata-unreadable": (
-        lambda good, tiny: with_metadata(good, dataset="mnist", classes="0,1,2"),
+        lambda good, tiny: with_metadata(good, dataset="mnist", classes="0,1,2", image_shape=MNIST_SHAPE),
         " records its classes or image shape unreadably (",
     ),
     "metadata-of-another-graph": (
-        lambda good, tiny: identity_model(dataset="mnist", classes=json.dumps(list("0123456789"))),
+        lambda good, tiny: identity_model(
+            dataset="mnist", classes=json.dumps(list("0123456789")), image_shape=MNIST_SHAPE
+        ),
         f" takes x N×3 and gives y N×3, but its metadata promises images N×1×28×28 → probabilities N×10: it was not "
         f"written by this project's export; {FIX}",
     ),
     "classes-not-the-graphs": (
-        lambda good, tiny: with_metadata(good, dataset="mnist", classes='["a", "b", "c"]'),
+        lambda good, tiny: with_metadata(good, dataset="mnist", classes='["a", "b", "c"]', image_shape=MNIST_SHAPE),
         " takes images N×1×28×28 and gives probabilities N×10, but its metadata promises images N×1×28×28 → "
         "probabilities N×3",
     ),
@@ -353,20 +342,6 @@ def test_a_broken_model_is_one_line_that_names_it_and_the_fix(
     with unreadable(path) if case == "unreadable" else contextlib.nullcontext():
         line = command_error(capsys, "serve", "--model", path, "--port", "0")
     assert line.startswith(f"error: --model {path}{says}"), line
-
-
-def test_a_model_exported_by_an_earlier_version_serves_as_1x28x28(exported: Exported, tmp_path: Path) -> None:
-    """Earlier versions did not record the image shape in the metadata."""
-    metadata = metadata_of(exported.model)
-    earlier = {key: value for key, value in metadata.items() if key != "image_shape"}
-    assert earlier != metadata
-    path = tmp_path / "earlier.onnx"
-    path.write_bytes(with_metadata(exported.model.read_bytes(), **earlier))
-    predictor = load_predictor(None, path, "onnxruntime")
-    assert predictor.info.image_shape == (1, 28, 28)  # what /health reports and the page shows
-    assert predictor.info == OnnxPredictor(exported.model).info
-    pixels = np.random.default_rng(2).random((3, 1, 28, 28), dtype=np.float32)
-    np.testing.assert_allclose(predictor(pixels), OnnxPredictor(exported.model)(pixels), atol=1e-7)
 
 
 def test_a_model_with_a_batch_of_one_serves(exported: Exported, tmp_path: Path) -> None:

@@ -218,7 +218,8 @@ def model_info(session: Any, label: str) -> ModelInfo:
     metadata = session.get_modelmeta().custom_metadata_map
     if not {"classes", "dataset", "image_shape"} <= set(metadata):
         raise CheckpointError(
-            f"{label} has no dataset and class names in its metadata, so what its outputs mean is unknown: it was "
+            f"{label} has no dataset, class names and image shape in its metadata, so what it takes and gives is "
+            "unknown: it was "
             f"not written by this project's export; export the checkpoint with {EXPORT_COMMAND}"
         )
     inputs, outputs = session.get_inputs(), session.get_outputs()
