@@ -46,6 +46,20 @@ class WriteError(UserError, OSError):
     """A file could not be written for a reason the user can fix; what was there before is intact."""
 
 
+UNCHANGED = "nothing that was there before was changed"
+
+
+def write_failure(
+    target: Path | str, code: int | None, elsewhere: str = "", kept: str = UNCHANGED, error: type = WriteError
+) -> UserError:
+    """The one line for a write to `target` that failed, or would fail, with errno `code`: the reason, what the user
+    can do about it (FIXES), `elsewhere` (how to write somewhere else: "or pass --output PATH") and `kept` (what is
+    intact). `error`: the UserError kind to raise (a WriteError unless the caller's own kind says more)."""
+    reason = os.strerror(code) if code else "failed"
+    fix = FIXES.get(code, "make that folder writable")
+    return error(f"could not write {target} ({reason}): {fix}{' ' + elsewhere if elsewhere else ''}; {kept}")
+
+
 Content = bytes | bytearray | memoryview | Callable[[BinaryIO], object]
 
 
@@ -66,10 +80,7 @@ def write_atomically(target: Path, content: Content, elsewhere: str = "") -> Non
     except OSError as e:
         if e.errno not in FIXES:
             raise
-        raise WriteError(
-            f"could not write {target} ({e.strerror}): {FIXES[e.errno]}{' ' + elsewhere if elsewhere else ''}; "
-            "nothing that was there before was changed"
-        ) from None
+        raise write_failure(target, e.errno, elsewhere) from None
 
 
 def obstacle(folder: Path) -> tuple[Path, int] | None:
@@ -92,11 +103,7 @@ def check_writable(target: Path, elsewhere: str = "") -> None:
     target = Path(target)
     found = (target, errno.EISDIR) if target.is_dir() else obstacle(target.parent)
     if found is not None:
-        code = found[1]
-        raise WriteError(
-            f"could not write {target} ({os.strerror(code)}): {FIXES[code]}{' ' + elsewhere if elsewhere else ''}; "
-            "nothing that was there before was changed"
-        )
+        raise write_failure(target, found[1], elsewhere)
 
 
 def _write_and_rename(target: Path, content: Content) -> None:

@@ -37,7 +37,7 @@ from mnist_lightning import compat
 from mnist_lightning.data.idx import idx_format_problem, write_idx
 from mnist_lightning.datasets import IDX_FILES, DatasetSpec
 from mnist_lightning.errors import DataError
-from mnist_lightning.files import write_atomically
+from mnist_lightning.files import write_atomically, write_failure
 
 VERIFIED_STAMP = ".verified.json"
 ELSEWHERE = "or pass --data.data_dir DIR (or set MNIST_LIGHTNING_DATA) for another data folder"
@@ -111,16 +111,11 @@ def read_split(
 
 
 def _fetch_missing(spec: DatasetSpec, raw: Path, missing: list[str], elsewhere: str) -> None:
-    data_dir = raw.parent.parent
     try:
         raw.mkdir(parents=True, exist_ok=True)
         staging_parent = Path(tempfile.mkdtemp(prefix=".staging-", dir=raw.parent))
-    except (NotADirectoryError, FileExistsError):
-        raise DataError(
-            f"data folder {data_dir}: a file stands in its path, where a folder is needed: move it away {elsewhere}"
-        ) from None
-    except OSError as e:
-        raise DataError(f"data folder {raw} is not writable ({e.strerror}): make it writable {elsewhere}") from e
+    except OSError as e:  # a file where a folder is needed, a folder that is not writable
+        raise write_failure(f"the data folder {raw.parent.parent}", e.errno, elsewhere, error=DataError) from None
     failures = [f"already on disk in {raw}: missing {', '.join(missing)}"]
     try:
         for source in (SOURCES[name] for name in spec.sources):

@@ -26,7 +26,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mnist_lightning.errors import ArgumentError
-from mnist_lightning.files import FIXES
+from mnist_lightning.files import write_failure
 from mnist_lightning.runs.slurm import JobStep
 
 DEFAULT_NAME = "lightning_logs"
@@ -155,10 +155,8 @@ def choose_run_folder(
         return RunFolder(claim_next_version(root)) if claim else None
     except OSError as e:
         flag = "logger.init_args.save_dir" if logger is not None and logger.init_args.save_dir else "default_root_dir"
-        raise ArgumentError(
-            f"log folder {root} cannot be made ({e.strerror}): {FIXES.get(e.errno, 'make it writable')}, or pass "
-            f"--trainer.{flag} DIR for runs elsewhere"
-        ) from None
+        elsewhere = f"or pass --trainer.{flag} DIR for runs elsewhere"
+        raise write_failure(f"the log folder {root}", e.errno, elsewhere, error=ArgumentError) from None
 
 
 def command_on(subcommand: str, run: Path, checkpoint: Path | str) -> str:

@@ -99,7 +99,8 @@ def test_an_unwritable_data_folder_gets_one_line(tmp_path: Path, monkeypatch, ca
     not_a_folder.write_text("")
     monkeypatch.chdir(tmp_path)
     line = one_line_error(capsys, ["fit", f"--data.data_dir={not_a_folder / 'data'}"])
-    assert "a file stands in its path, where a folder is needed" in line and "--data.data_dir" in line
+    assert f"could not write the data folder {not_a_folder / 'data'} (Not a directory): a file stands where a" in line
+    assert "--data.data_dir" in line
 
 
 def test_a_corrupt_data_file_gets_one_line_and_is_kept(
@@ -146,7 +147,7 @@ def test_an_unwritable_log_folder_gets_one_line(synthetic_mnist: Path, tmp_path:
     monkeypatch.chdir(tmp_path)
     args = ["fit", f"--data.data_dir={synthetic_mnist}", *TINY_RUN, f"--trainer.logger.init_args.save_dir={blocker}"]
     line = one_line_error(capsys, args)
-    assert "log folder" in line and "a file stands where a folder is needed" in line
+    assert "could not write the log folder" in line and "a file stands where a folder is needed" in line
     assert "--trainer.logger.init_args.save_dir DIR" in line
 
 

@@ -568,8 +568,9 @@ def _truncated_test_images(folder: Path, synthetic: Path) -> None:
 DATA_CASES = {
     "a-file": (
         lambda folder, synthetic: (folder / "data").write_text("not a folder"),
-        "data folder {data}: a file stands in its path, where a folder is needed: move it away or pass --data_dir "
-        "DIR (or set MNIST_LIGHTNING_DATA) for another data folder",
+        "could not write the data folder {data} (Not a directory): a file stands where a folder is needed: move it "
+        "away or pass --data_dir DIR (or set MNIST_LIGHTNING_DATA) for another data folder; nothing that was there "
+        "before was changed",
     ),
     "no-files": (
         lambda folder, synthetic: (folder / "data").mkdir(),

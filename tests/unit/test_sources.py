@@ -167,14 +167,14 @@ def test_an_unwritable_data_folder_gets_a_clear_error(
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
     spec = spec_for(reference_files, copying_source(reference_files))
-    with pytest.raises(DataError, match=r"a file stands in its path, where a folder is needed: .*--data\.data_dir"):
+    with pytest.raises(DataError, match=r"\(Not a directory\): a file stands where a folder is needed: .*--data\.data_dir"):
         ensure_raw_files(spec, not_a_folder)
 
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
     monkeypatch.setattr(Path, "mkdir", denied)  # what a folder of another user's does, whoever runs the tests
-    with pytest.raises(DataError, match=r"not writable \(Permission denied\): make it writable .*--data\.data_dir"):
+    with pytest.raises(DataError, match=r"\(Permission denied\): make that folder writable .*--data\.data_dir"):
         ensure_raw_files(spec, tmp_path / "data")
 
 

@@ -21,8 +21,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_lightning.errors import ArgumentError
-from mnist_lightning.files import FIXES, WriteError, is_running, obstacle
+from mnist_lightning.errors import ArgumentError, UserError
+from mnist_lightning.files import is_running, obstacle, write_failure
 from mnist_lightning.tools.sweep.config import SweepConfig
 
 JOURNAL_FILE = "optuna-journal.log"
@@ -185,13 +185,10 @@ def complete_lines_end(descriptor: int) -> int:
     return 0
 
 
-def journal_write_error(path: str, error: OSError) -> WriteError:
-    """A failed write of the journal as files.WriteError, with its fix."""
-    fix = f"{FIXES[error.errno]}, or " if error.errno in FIXES else ""
-    return WriteError(
-        f"could not write the journal {path} ({error.strerror}): {fix}pass --storage with another path; the "
-        "journal keeps every trial written before, as it was"
-    )
+def journal_write_error(path: str, error: OSError) -> UserError:
+    """A failed write of the journal as one line (files.write_failure), with its fix."""
+    kept = "the journal keeps every trial written before, as it was"
+    return write_failure(f"the journal {path}", error.errno, "or pass --storage with another path", kept)
 
 
 def check_journal(path: Path) -> None:
