@@ -167,7 +167,8 @@ def test_an_unwritable_data_folder_gets_a_clear_error(
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
     spec = spec_for(reference_files, copying_source(reference_files))
-    with pytest.raises(DataError, match=r"\(Not a directory\): a file stands where a folder is needed: .*--data\.data_dir"):
+    stands = r"\(Not a directory\): a file stands where a folder is needed: .*--data\.data_dir"
+    with pytest.raises(DataError, match=stands):
         ensure_raw_files(spec, not_a_folder)
 
     def denied(*args, **kwargs):
