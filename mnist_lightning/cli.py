@@ -30,6 +30,7 @@ from mnist_lightning.callbacks.dashboard import Dashboard
 from mnist_lightning.callbacks.last_checkpoint import LastCheckpoint
 from mnist_lightning.callbacks.predictions import PredictionWriter
 from mnist_lightning.callbacks.stop import StopOnSignal
+from mnist_lightning.callbacks.threads import ThreadsFollowLoad
 from mnist_lightning.compat import CLIInternals
 from mnist_lightning.data.module import MNISTDataModule
 from mnist_lightning.datasets import DEFAULT_DATASET
@@ -255,7 +256,7 @@ class MNISTLightningCLI(CLIInternals, LightningCLI):
         config = {**self.configured("trainer", default={}), **kwargs}
         callbacks = [self.configured(key) for key in self.subcommand_parser(self.subcommand).callback_keys]
         callbacks = callbacks_for(self.subcommand, config, callbacks)
-        return self.trainer_with(config, [*callbacks, StopOnSignal()])
+        return self.trainer_with(config, [*callbacks, StopOnSignal(), ThreadsFollowLoad()])
 
     def after_instantiate_classes(self) -> None:
         if self.parse_only:

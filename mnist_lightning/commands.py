@@ -7,7 +7,7 @@ import difflib
 import importlib
 import sys
 
-from mnist_lightning import interrupts
+from mnist_lightning import interrupts, threads  # noqa: F401 (threads: its load meter starts now)
 from mnist_lightning.errors import UserError, one_line_errors
 from mnist_lightning.runs import slurm
 
