@@ -36,7 +36,7 @@ from mnist_lightning.data.module import MNISTDataModule
 from mnist_lightning.datasets import DEFAULT_DATASET
 from mnist_lightning.defaults import NullProfiler, silence_third_party_noise, stop_probing_for_nvml_without_gpus
 from mnist_lightning.errors import DEBUG_VARIABLE, ArgumentError, one_line_errors
-from mnist_lightning.flag_errors import parse_error
+from mnist_lightning.flag_errors import YamlFile, parse_error
 from mnist_lightning.flags import (
     lightnings_refusal,
     missing_package,
@@ -155,7 +155,7 @@ class MNISTLightningCLI(CLIInternals, LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except UnicodeDecodeError:
-            raise ArgumentError("a --config file is not text (YAML): pass the YAML file of a run or a preset") from None
+            raise YamlFile("a --config file", example=" of a run or a preset").error("not text") from None
         except argparse.ArgumentError as e:  # build_cli asks jsonargparse to raise rather than print its usage
             given = args if isinstance(args, list) else sys.argv[1:] if args is None else []
             subcommand = self.only or next((arg for arg in given if arg in self.subcommands()), "fit")
