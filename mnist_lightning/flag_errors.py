@@ -1,8 +1,8 @@
 """Every command's flags, and the YAML files they name, as one family: jsonargparse parses them all (LightningCLI's
 fit, validate, test and predict in cli.py; `flag_parser` and `parse` for `sweep`, `export` and `serve`), no flag may
 be abbreviated, and a mistake is one line that names the flag or file, what is wrong and the fix, never usage text
-first (`parse_error`; a YAML file's problems in `YamlFile`'s words). (No Lightning here: `serve --model` starts
-without it.)"""
+first (`parse_error`, from jsonargparse's and argparse's complaints as compat names their texts; a YAML file's problems
+in `YamlFile`'s words). (No Lightning here: `serve --model` starts without it.)"""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from jsonargparse import ArgumentParser, Namespace
 
+from mnist_lightning import compat
 from mnist_lightning.errors import ArgumentError
 
 
@@ -62,49 +63,45 @@ def parse_error(
     configs = [value for flag, value in itertools.pairwise(args) if flag in ("-c", "--config")]
     configs += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
     config = f"--config {configs[-1]}" if len(configs) == 1 else "a --config file"
-    if key := re.match(r'Parser key "([^"]+)":', message):
+    if key := re.match(compat.PARSER_KEY, message):
         if key.group(1) == "config":
-            path = re.search(r"(File does not exist|Path is not a file): '([^']*)'", message)
+            path = re.search(compat.CONFIG_PATH, message)
             if path:
-                problem = "missing" if path.group(1).startswith("File") else None
+                problem = "missing" if path.group(1) == compat.MISSING_FILE else None
                 problem = problem or ("folder" if Path(path.group(2)).is_dir() else "special")  # /dev/null, a pipe
                 return YamlFile(f"--config {path.group(2)}").error(problem)
             return ArgumentError(f"--config: {first_line_after_key(message)}")
-        given = re.search(r"(?:Given value|Got value): (.*)", message)
-        kinds = [a or b for a, b in re.findall(KIND, message)]
+        given = re.search(compat.GIVEN_VALUE, message)
+        kinds = [a or b for a, b in re.findall(compat.KIND, message)]
         wanted = " or ".join(dict.fromkeys(describe(kind) for kind in kinds)) or first_line_after_key(message)
         value = given.group(1).strip() if given else value_given(f"--{key.group(1)}", args)
         value = f" {value}" if value is not None else ""
         return ArgumentError(f"--{key.group(1)}{value}: expected {wanted} (`{command}` says what each flag takes)")
-    if unknown := re.match(r"[Uu]nrecognized arguments: (\S+)", message):
+    if unknown := re.match(compat.UNRECOGNIZED, message):
         flag = unknown.group(1).split("=")[0]
         return unknown_flag(flag, closest_flag(flag, flags), help_command)
-    if unknown := re.search(r"does not accept option '([^']+)'", message):
+    if unknown := re.search(compat.NOT_ACCEPTED, message):
         close = difflib.get_close_matches(f"--{unknown.group(1)}", list(flags), n=1)
         hint = f"did you mean {close[0].removeprefix('--')}? " if close else ""
         return ArgumentError(
             f"{config} sets {unknown.group(1)}, which {settings_of or help_command} does not have: {hint}`{command}` "
             "lists every setting"
         )
-    if missing := re.match(r"the following arguments are required: (.+)", message):
+    if missing := re.match(compat.REQUIRED, message):
         names = ", ".join(f"--{name.strip().lstrip('-')}" for name in missing.group(1).split(","))
         if fixes and names in fixes:
             return ArgumentError(f"{names} is required: {fixes[names]}")
         return ArgumentError(f"{names} is required (`{command}` lists every flag)")
-    if bare := re.match(r"argument (--[\w.]+): expected one argument", message):
+    if bare := re.match(compat.NO_VALUE, message):
         flag = bare.group(1)
         value = "true" if isinstance(flags.get(flag), bool) else "VALUE"
         return ArgumentError(f"{flag} needs a value: {flag} {value} (`{command}` lists every flag)")
-    if message.startswith("Problems parsing config"):
-        return YamlFile(config).error("invalid", yaml_reason(message.removeprefix("Problems parsing config: ")))
-    if message.startswith("Unexpected config"):
+    if message.startswith(compat.INVALID_CONFIG):
+        return YamlFile(config).error("invalid", yaml_reason(message.removeprefix(f"{compat.INVALID_CONFIG}: ")))
+    if message.startswith(compat.NOT_A_MAPPING):
         text = " ".join(message.split(":", 1)[1].split())[:60]
         return YamlFile(config).error("not a mapping", f"holds {text!r}" if text else "is empty")
     return ArgumentError(f"{' '.join(message.split())} (`{command}` lists every flag)")
-
-
-# The kinds of value jsonargparse says a flag expected: a type, a choice, a class, or a restricted type of its own.
-KIND = r"Expected an? (<class '\w+'>|typing\.Literal\[[^\]]*\]|dot import path)|Not of type (\w+)"
 
 
 def value_given(flag: str, args: list[str]) -> str | None:
@@ -141,10 +138,11 @@ def first_line_after_key(message: str) -> str:
 
 
 def describe(kind: str) -> str:
-    """`<class 'int'>` → `an int`; `typing.Literal['adam', 'adamw']` → `one of adam, adamw`."""
-    if kind.startswith("typing.Literal"):
-        return "one of " + ", ".join(map(str, ast.literal_eval(kind.removeprefix("typing.Literal"))))
-    if kind == "dot import path":
+    """A kind of value compat.KIND found: `<class 'int'>` → `an integer`; `typing.Literal['adam', 'adamw']` → `one of
+    adam, adamw`."""
+    if kind.startswith(compat.LITERAL):
+        return "one of " + ", ".join(map(str, ast.literal_eval(kind.removeprefix(compat.LITERAL))))
+    if kind == compat.CLASS_KIND:
         return "a class (its name, or its import path)"
     if kind in RESTRICTED:
         return RESTRICTED[kind]
@@ -153,7 +151,7 @@ def describe(kind: str) -> str:
     return plain.get(name, "a path" if name == "Path" else f"a {name}")
 
 
-# jsonargparse.typing's restricted numbers, as `Not of type PositiveInt: ...` names them.
+# jsonargparse.typing's restricted numbers, as `Not of type PositiveInt: ...` names them (compat.KIND).
 RESTRICTED = {
     "PositiveInt": "a positive integer",
     "NonNegativeInt": "an integer, 0 or more",
@@ -229,10 +227,8 @@ class YamlFile:
 def yaml_reason(message: str) -> str:
     """PyYAML's complaint (`while parsing ...\\n  in "<file>", line 2, column 17\\ndid not find ...`) on one line:
     what it says, and where the problem is."""
-    parts = [
-        " ".join(part.split()) for part in re.split(r'in "[^"]*", (?:line \d+, column \d+|position \d+):?', message)
-    ]
-    where = re.findall(r"line \d+, column \d+", message)
+    parts = [" ".join(part.split()) for part in re.split(compat.YAML_MARK, message)]
+    where = re.findall(compat.YAML_LINE_COLUMN, message)
     return ", ".join(part for part in parts if part) + (f" at {where[-1]}" if where else "")
 
 

@@ -4,17 +4,13 @@ one line that names the flag and the fix."""
 from __future__ import annotations
 
 import re
-import traceback
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+from mnist_lightning import compat
 from mnist_lightning.errors import ArgumentError, first_line
-
-LIGHTNING_SOURCE = Path(L.__file__).parent
 
 # The batches a subcommand cannot do without: at 0 it would run nothing, or test an untrained network.
 NEEDED_BATCHES = {
@@ -56,10 +52,8 @@ def reconcile_flags_with_defaults(config: Any) -> None:
 
 def lightnings_refusal(error: Exception) -> ArgumentError | None:
     """Lightning's refusal of a flag (a MisconfigurationException, or a ValueError or TypeError raised by its own
-    checks) as one line with a hint; None for any other error."""
-    frames = traceback.extract_tb(error.__traceback__)
-    raised_by_lightning = bool(frames) and Path(frames[-1].filename).is_relative_to(LIGHTNING_SOURCE)
-    if not isinstance(error, MisconfigurationException) and not raised_by_lightning:
+    checks: compat.raised_by_lightning) as one line with a hint; None for any other error."""
+    if not isinstance(error, MisconfigurationException) and not compat.raised_by_lightning(error):
         return None
     message = " ".join(str(error).split())
     return ArgumentError(f"{message} ({hint_for(message)})")
@@ -67,16 +61,16 @@ def lightnings_refusal(error: Exception) -> ArgumentError | None:
 
 def missing_package(error: BaseException) -> ArgumentError | None:
     """A class given on the command line (a logger, a progress bar) that needs a package which is not installed, as
-    one line with the `pip install` that brings it; None for any other error."""
+    one line with the `pip install` that brings it (as compat names the texts that say so); None for any other error."""
     cause: BaseException | None = error
     while cause is not None and not isinstance(cause, ImportError):
         cause = cause.__cause__ or cause.__context__
     if cause is None:
         return None
-    named = re.search(r"class_path '([\w.]+)'", str(error))
+    named = re.search(compat.CLASS_PATH, str(error))
     who = f"{named.group(1).rsplit('.', 1)[-1]} needs" if named else "this needs"
-    hint = re.search(r"`(pip install [^`]+)`", str(cause))
-    requirement = re.search(r"Requirement '([^']+)' not met", str(cause))
+    hint = re.search(compat.PIP_INSTALL, str(cause))
+    requirement = re.search(compat.REQUIREMENT_NOT_MET, str(cause))
     package = requirement.group(1) if requirement else cause.name or first_line(cause)
     return ArgumentError(
         f"{who} {package}, which is not installed: {hint.group(1) if hint else f'pip install {package}'}"
