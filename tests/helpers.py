@@ -17,12 +17,13 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,34 +137,34 @@ def one_line_error(capture: Any, args: list[str], main: Any = None, alone: bool 
         (main or cli_main)(args)
     output = capture.readouterr()
     assert exit_info.value.code == 2, output.out[-2000:] + output.err[-2000:]
-    assert "Traceback" not in output.err + output.out
+    assert "Traceback" not in output.out, output.out[-2000:]
+    line = assert_one_line_error(output.err)
     if alone:
         assert len(output.err.strip().splitlines()) == 1, output.err[-2000:]
-    return only_error_line(output.err)
+    return line
 
 
-def only_error_line(stderr: str) -> str:
-    """The one `error: ` line of `stderr`; fails unless there is exactly one."""
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, stderr[-2000:]
+# An error line, as every command prints it: `error: ...`, after `[rank: N] ` in a process of a distributed run.
+ERROR_LINE = re.compile(r"(?:\[rank: \d+\] )?(error: .*)")
+
+
+def assert_one_line_error(output: str, *fragments: str) -> str:
+    """The one error line of `output` (a process's stderr, or all it printed), from its `error: ` on: fails unless
+    exactly one line starts with `error: ` (or `[rank: N] error: `), every one of `fragments` is in it, and no
+    "Traceback" is anywhere in `output`."""
+    assert "Traceback" not in output, output[-3000:]
+    errors = [match.group(1) for line in output.splitlines() if (match := ERROR_LINE.fullmatch(line))]
+    assert len(errors) == 1, f"{len(errors)} error lines, not one:\n{output[-3000:]}"
+    missing = [fragment for fragment in fragments if fragment not in errors[0]]
+    assert not missing, f"{missing} not in the error line {errors[0]!r}"
     return errors[0]
-
-
-def exits_non_zero_with_an_error(capture: Any, main: Any, args: list[str]) -> None:
-    """`main(args)` exits with a non-zero status and says `error` on stderr."""
-    import pytest
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code != 0
-    assert "error" in capture.readouterr().err.lower()
 
 
 # --- Sweeps -------------------------------------------------------------------------------------------------------
 
 GOOD_LR, HOPELESS_LR, DIVERGING_LR = 0.003, 1e-7, 1e30
-# Random sampling with this seed (trial N draws with seed + N) proposes (0.003, [16]), (0.003, [32]), (1e-07, [16]),
-# (1e-07, [32]): two trials that learn, then two that cannot and are pruned after their first epoch.
+# A sweep of 4 trials. What its sampler draws is Optuna's business: a test that needs particular trials queues them
+# (`enqueue_trials`), e.g. `DEFAULT_TRIALS`, and the seed only makes the other tests' draws the same in every run.
 SWEEP = {
     "fit": {
         "seed_everything": 42,
@@ -174,13 +175,20 @@ SWEEP = {
     "metric": "val/loss",  # unlike accuracy, it differs from trial to trial on data this easy
     "direction": "minimize",
     "n_trials": 4,
-    "sampler": {"seed": 45, "n_startup_trials": 10},
+    "sampler": {"seed": 0, "n_startup_trials": 10},
     "pruner": {"n_startup_trials": 1, "n_warmup_steps": 0},
     "search_space": {
         "model.lr": {"choices": [GOOD_LR, HOPELESS_LR]},
         "model.hidden_sizes": {"choices": [[16], [32]]},
     },
 }
+
+
+# Every parameter set of SWEEP's search space, in the order that a test queues them: two trials that learn, then two
+# that cannot and are pruned after their first epoch.
+DEFAULT_TRIALS = [
+    {"model.lr": lr, "model.hidden_sizes": widths} for lr in (GOOD_LR, HOPELESS_LR) for widths in ([16], [32])
+]
 
 
 def write_sweep(folder: Path, **changes: Any) -> Path:
@@ -197,6 +205,28 @@ def sweep_error(capture: Any, *args: str) -> str:
     from mnist_lightning.commands import main
 
     return one_line_error(capture, ["sweep", *args], main=main, alone=True)
+
+
+def enqueue_trials(storage: Path | str, *trials: dict[str, Any], study: str = "sweep") -> None:
+    """Queue trials with these parameters in the study `study` (made first, minimizing as SWEEP does, where it is not
+    there yet), so that a sweep run on it runs them first, in this order, instead of what its sampler would draw.
+
+    `storage` is a database URL, or the working folder of a sweep on its default journal,
+    `lightning_logs/<study>/optuna-journal.log`. Values as in the sweep file: a list of widths is stored as its JSON
+    text, as the sweep's choices are."""
+    import optuna
+
+    from mnist_lightning.tools.sweep.study import JOURNAL_FILE, database_url, make_storage
+
+    url = str(storage)
+    url = database_url(url) if "://" in url else str(Path(url).resolve() / "lightning_logs" / study / JOURNAL_FILE)
+    created = optuna.create_study(
+        storage=make_storage(url), study_name=study, direction=SWEEP["direction"], load_if_exists=True
+    )
+    for params in trials:
+        created.enqueue_trial(
+            {key: value if isinstance(value, str | int | float) else json.dumps(value) for key, value in params.items()}
+        )
 
 
 # --- The CLI, in a fresh process ----------------------------------------------------------------------------------
@@ -269,6 +299,17 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
         time.sleep(0.05)
 
 
+def wait_until_handling_signals(process: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until the command in `process` handles stop signals: `commands.main` puts its handlers in place first,
+    before the imports of several seconds, which a signal then interrupts. (The Python process is `env`'s: `env`
+    execs it, same pid.)"""
+    deadline = time.monotonic() + timeout
+    while not catches(process.pid, signal.SIGTERM):
+        assert process.poll() is None, f"the process ended ({process.returncode}) before it handled signals"
+        assert time.monotonic() < deadline, f"the process handled no signal in {timeout} s"
+        time.sleep(0.005)
+
+
 def printed_test_accuracy(output: str) -> str:
     """The last test/acc in Lightning's printed results table, as printed."""
     return re.findall(r"test/acc\W+([0-9.]+)", output)[-1]  # plain or rich table
@@ -286,6 +327,179 @@ class Exported:
     checkpoint: Path
     model: Path
     printed: str
+
+
+# --- Phases of a run in another process, and kills inside a save ---------------------------------------------------
+
+# While a file `hold-<phase>` is in a PhaseMarker's folder, a run that reaches that phase waits there (for at most
+# HOLD_TIMEOUT seconds, then fails: a test that never lets it go does not hang).
+HOLD, HOLD_TIMEOUT = "hold-", 120
+
+
+def phase_marker(folder: Path, processes: int = 1, meet: str = "train-0") -> dict[str, Any]:
+    """A `PhaseMarker` writing in `folder`, as a trainer callback in a config (`trainer: callbacks: [...]`)."""
+    init_args = {"folder": str(folder), "processes": processes, "meet": meet}
+    return {"class_path": f"{__name__}.PhaseMarker", "init_args": init_args}
+
+
+def marker_flag(folder: Path) -> str:
+    """The flag that adds a `PhaseMarker` writing in `folder` to a command's callbacks (the default ones kept)."""
+    return f"--trainer.callbacks+={json.dumps(phase_marker(folder))}"
+
+
+def with_phase_marker(fit: dict[str, Any], folder: Path, processes: int = 1, meet: str = "train-0") -> dict[str, Any]:
+    """A sweep's `fit` section whose trials have a `PhaseMarker` writing in `folder` beside the default callbacks
+    (a list of callbacks in a config replaces the default one)."""
+    from mnist_lightning.cli import DEFAULTS
+
+    callbacks = [*DEFAULTS["trainer.callbacks"], phase_marker(folder, processes, meet)]
+    return {**fit, "trainer": {**fit.get("trainer", {}), "callbacks": callbacks}}
+
+
+def hold_at(folder: Path, phase: str) -> Path:
+    """`folder`, made, with the file that makes the PhaseMarkers writing in it keep their runs at `phase` until the
+    run gets a stop signal or is killed, or the test calls `release(folder)`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{HOLD}{phase}").touch()
+    return folder
+
+
+def release(folder: Path) -> None:
+    """Runs held by the PhaseMarkers of `folder` go on, and later runs no longer wait at a phase for the test."""
+    for path in folder.glob(f"{HOLD}*"):
+        path.unlink()
+
+
+def marked(folder: Path, phase: str) -> list[int]:
+    """The pids of the processes whose PhaseMarker has written that they reached `phase` in `folder`."""
+    return sorted(int(path.suffix[1:]) for path in folder.glob(f"{phase}.*"))
+
+
+def wait_for_phase(
+    folder: Path, phase: str, process: subprocess.Popen, processes: int = 1, timeout: float = 240
+) -> list[int]:
+    """Wait until `processes` processes have reached `phase` (their PhaseMarkers' files in `folder`), and return
+    their pids; fail, and kill `process` (its group when it leads one), if it ends first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while len(pids := marked(folder, phase)) < processes:
+        if process.poll() is not None:
+            printed = process.communicate()[0] if process.stdout else ""
+            raise AssertionError(f"the process ended ({process.returncode}) before {phase}:\n{printed[-3000:]}")
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                if os.getpgid(process.pid) == process.pid:
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.kill()
+            raise AssertionError(f"{processes} processes did not reach {phase} in {timeout} s (markers: {pids})")
+        time.sleep(0.01)
+    return pids
+
+
+def _phase_marker_class() -> type:
+    import lightning.pytorch as pl
+
+    from mnist_lightning import interrupts
+
+    class PhaseMarker(pl.Callback):
+        """Writes an empty file `<phase>.<pid>` in `folder` when the run reaches a phase, so that a test waits for that
+        file (`wait_for_phase`) instead of sleeping for a time it hopes is long enough: `train-E`, the first training
+        batch of epoch E (from 0) done; `test`, the first test batch done.
+
+        At the phase `meet`, the run waits until the markers of `processes` processes are in the folder (the workers
+        of a sweep, or sweeps started together, all in a trial at once). At any phase, it waits while the folder
+        holds a file `hold-<phase>` (`hold_at`: until the test has stopped or killed it). A stop signal ends the wait
+        (it is only noted during a run: the run stops at this batch's end); after HOLD_TIMEOUT, the run fails."""
+
+        def __init__(self, folder: str, processes: int = 1, meet: str = "train-0") -> None:
+            self.folder = Path(folder)
+            self.processes, self.meet = processes, meet
+            self.reached: set[str] = set()
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if batch_idx == 0:
+                self.reach(f"train-{trainer.current_epoch}")
+
+        def on_test_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        ) -> None:
+            if batch_idx == 0:
+                self.reach("test")
+
+        def reach(self, phase: str) -> None:
+            if phase in self.reached:
+                return
+            self.reached.add(phase)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / f"{phase}.{os.getpid()}").touch()
+            together = self.processes if phase == self.meet else 1
+            deadline = time.monotonic() + HOLD_TIMEOUT
+            while interrupts.received() is None:
+                if len(marked(self.folder, phase)) >= together and not (self.folder / f"{HOLD}{phase}").exists():
+                    return
+                if time.monotonic() > deadline:  # the test's mistake: say so, rather than go on unnoticed
+                    raise RuntimeError(f"PhaseMarker: still held at {phase} after {HOLD_TIMEOUT} s ({self.folder})")
+                time.sleep(0.01)
+
+    PhaseMarker.__module__, PhaseMarker.__qualname__ = __name__, "PhaseMarker"
+    return PhaseMarker
+
+
+def __getattr__(name: str) -> Any:
+    """`PhaseMarker`, a Lightning callback, is made when first asked for (as jsonargparse does for a callback's
+    class_path, `tests.helpers.PhaseMarker`): importing this module must not load Lightning
+    (tests/site/sitecustomize.py imports it in `serve` and `export` processes too)."""
+    if name == "PhaseMarker":
+        globals()[name] = _phase_marker_class()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def process_state(pid: int) -> str:
+    """The state of process `pid` as /proc/PID/stat gives it (R, S, D, T for stopped, Z for ended...); "" when no
+    such process is left."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def kill_inside_a_save(
+    pid: int,
+    folder: Path,
+    wanted: Callable[[str, list[str]], bool] = lambda temporary, names: True,
+    pause: Callable[[], float] | None = None,
+    timeout: float = 120,
+) -> list[str]:
+    """SIGKILL process `pid` at a moment when it is certainly writing a file into `folder` with `write_atomically`:
+    once a temporary file of its is there (and `wanted(temporary, names in folder)`), and `pause()` seconds later, the
+    process is stopped (SIGSTOP) and killed if the temporary is still there; otherwise it goes on (SIGCONT) to its
+    next save. Returns the names in `folder` at the kill. Fails if the process ends or `timeout` passes first."""
+    from mnist_lightning.files import TEMPORARY
+
+    def temporaries(names: list[str]) -> list[str]:
+        mine = [name for name in names if (match := TEMPORARY.fullmatch(name)) and match.group(1) == str(pid)]
+        return [name for name in mine if wanted(name, names)]
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process_state(pid) not in ("", "Z"), f"process {pid} ended before it was caught inside a save"
+        assert time.monotonic() < deadline, f"process {pid} was not caught inside a save in {folder} in {timeout} s"
+        seen = temporaries(os.listdir(folder)) if folder.is_dir() else []
+        if not seen:
+            time.sleep(0.001)
+            continue
+        if pause is not None:
+            time.sleep(pause())
+        os.kill(pid, signal.SIGSTOP)
+        while (state := process_state(pid)) not in ("T", "t"):  # stopped once its system call (a write) returns
+            assert state not in ("", "Z"), f"process {pid} ended before it was caught inside a save"
+            assert time.monotonic() < deadline, f"process {pid} did not stop in {timeout} s"
+            time.sleep(0.0001)
+        names = os.listdir(folder)
+        if set(seen) & set(temporaries(names)):
+            os.kill(pid, signal.SIGKILL)
+            return names
+        os.kill(pid, signal.SIGCONT)
 
 
 # --- Images of digits ---------------------------------------------------------------------------------------------

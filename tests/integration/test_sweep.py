@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mnist_lightning.commands import main as dispatch
-from tests.helpers import SWEEP, write_sweep
+from tests.helpers import SWEEP, enqueue_trials, write_sweep
 
 
 def test_a_sweep_without_a_tensorboard_logger_runs_each_trial_in_its_folder_and_tests_the_best(
@@ -22,10 +22,11 @@ def test_a_sweep_without_a_tensorboard_logger_runs_each_trial_in_its_folder_and_
         n_trials=2,
         search_space={"model.hidden_sizes": {"choices": [[16], [32]]}},
     )
+    enqueue_trials(workdir, {"model.hidden_sizes": [16]}, {"model.hidden_sizes": [32]})  # no repeated draw
     dispatch(["sweep", f"--config={config}", f"--data.data_dir={synthetic_mnist}"])
     output = capsys.readouterr().out
     study = workdir / "lightning_logs" / "sweep"
-    trials = sorted(study.glob("trial_*"))  # numbered by the study: a repeated draw is counted, but never run
+    trials = sorted(study.glob("trial_*"))
     assert len(trials) == 2 and trials[0].name == "trial_0000"
     for trial in trials:
         assert (trial / "config.yaml").is_file() and list((trial / "checkpoints").glob("epoch*.ckpt"))

@@ -19,7 +19,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from mnist_lightning.commands import main as dispatch
-from tests.helpers import GOOD_LR, SWEEP, cli_context, sweep_error, write_sweep
+from tests.helpers import GOOD_LR, SWEEP, cli_context, enqueue_trials, sweep_error, write_sweep
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Trials of 2 training steps and one validation batch: what is tested here is the study, not the fits.
@@ -100,15 +100,22 @@ def test_the_printed_table_shows_4_significant_digits_and_summary_csv_every_digi
 def test_a_space_of_choices_only_keeps_the_finished_sets_distinct_by_refusing_duplicates(
     synthetic_mnist: Path, workdir: Path
 ) -> None:
-    # With this seed, random sampling draws a set twice in the first run and twice more in the second.
-    sampler = {"seed": 40, "n_startup_trials": 10}
-    config = write_sweep(workdir, fit=TINY_TRIALS, search_space=CHOICES, n_trials=3, sampler=sampler)
-    outputs = [run_sweep(synthetic_mnist, f"--config={config}", f"--n_trials={n}") for n in (3, 4)]
+    # Queued before each run: a set drawn twice in the first run, and two sets of the first run drawn again in the
+    # second (as the sampler can draw them in a space of 4 sets).
+    first, second, third, fourth = (
+        {"model.lr": lr, "model.hidden_sizes": w} for lr in (GOOD_LR, 0.01) for w in ([16], [32])
+    )
+    config = write_sweep(workdir, fit=TINY_TRIALS, search_space=CHOICES, n_trials=3)
+    outputs = []
+    for n, queued in ((3, [first, first, second, third]), (4, [second, third, fourth])):
+        enqueue_trials(workdir, *queued)
+        outputs.append(run_sweep(synthetic_mnist, f"--config={config}", f"--n_trials={n}"))
     study = load(workdir)
     finished = finished_sets(study)
     assert len(finished) == 4 and len(set(finished)) == 4, outputs[-1]
     refused = [t for t in study.trials if t.user_attrs.get("error", "").startswith("not run: the parameters of trial")]
-    assert len(refused) == 3, "the sampler's draws have changed: choose a seed that repeats a set in both runs"
+    assert len(refused) == 3, outputs[-1]
+    assert [t.number for t in refused] == [1, 4, 5], "each repeated set is refused, where it comes"
     assert all(t.state == TrialState.FAIL and "worker" not in t.user_attrs for t in refused)
     # Refused draws are not trials that ran: the summary lists those only.
     with open(workdir / "lightning_logs" / "sweep" / "summary.csv") as file:

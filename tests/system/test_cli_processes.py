@@ -7,7 +7,6 @@ import csv
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,23 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mnist_lightning.files import TEMPORARY
 from mnist_lightning.runs.checkpoints import read_checkpoint
 from tests.helpers import (
     TINY_RUN,
     cli_command,
     drawn_seven,
+    hold_at,
+    kill_inside_a_save,
+    marker_flag,
     printed_path,
     printed_test_accuracy,
+    release,
     run_cli,
     start_cli,
     subprocess_env,
     wait_for,
+    wait_for_phase,
 )
 
 # 1,000 training images in batches of 50: 20 steps per epoch.
@@ -117,48 +122,42 @@ def test_resume_continues_the_same_run_from_the_saved_epoch(fitted: tuple[Path, 
     assert steps == [STEPS_PER_EPOCH * epoch - 1 for epoch in (1, 2, 3)], "the curve continues, one point per epoch"
 
 
-# 1,000 steps per epoch, long enough for a signal sent 0.1 s into the second epoch to land there (500 steps, with one
-# torch thread each, once ended before a signal sent 0.3 s into them: tests/conftest.py).
-LONG_STEPS = 1000
-LONG_RUN = ["--data.val_size=200", "--data.batch_size=1", "--model.hidden_sizes=[32]", "--trainer.max_epochs=2"]
-
-
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, 128 + 2), (signal.SIGTERM, 128 + 15)])
 def test_a_signal_saves_the_state_and_the_printed_command_resumes_to_the_same_epoch_count(
     synthetic_dir: Path, tmp_path: Path, signum: int, exit_code: int
 ) -> None:
     run = tmp_path / "lightning_logs" / "version_0"
-    process = start_cli(synthetic_dir, tmp_path, "fit", *LONG_RUN, "--test_after_fit=false")
-    wait_for(run / "checkpoints" / "last.ckpt", process)
-    time.sleep(0.1)  # into the second epoch
+    markers = hold_at(tmp_path / "markers", "train-1")  # the fit waits after the first step of its second epoch
+    process = start_cli(synthetic_dir, tmp_path, "fit", *SMALL_RUN, "--test_after_fit=false", marker_flag(markers))
+    wait_for_phase(markers, "train-1", process)
     process.send_signal(signum)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == exit_code, output[-3000:]
     resume = re.search(r"resume with: python -m mnist_lightning (fit .*)", output, re.IGNORECASE).group(1).split()
     interrupted = read_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert LONG_STEPS <= interrupted["global_step"] < 2 * LONG_STEPS, "stopped in the second epoch, before its end"
+    assert STEPS_PER_EPOCH <= interrupted["global_step"] < 2 * STEPS_PER_EPOCH, "stopped in the second epoch"
 
+    release(markers)
     run_cli(synthetic_dir, tmp_path, *resume, "--test_after_fit=false")
     final = read_checkpoint(run / "checkpoints" / "last.ckpt")
     assert final["epoch"] == 1, "the resumed run ends at the epoch count of an uninterrupted one"
     assert final["global_step"] > interrupted["global_step"]
 
 
+# 2 epochs of 100 steps, last.ckpt saved after each: a save to kill the fit in is never far.
+SAVING_RUN = ["--data.val_size=200", "--data.batch_size=10", "--model.hidden_sizes=[32]", "--trainer.max_epochs=2"]
+SAVING_RUN += ["--last_checkpoint.every_n_train_steps=1", "--trainer.enable_progress_bar=false"]
+
+
 def test_kill_9_never_leaves_a_broken_checkpoint(synthetic_dir: Path, tmp_path: Path) -> None:
     checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
-    process = start_cli(synthetic_dir, tmp_path, "fit", *LONG_RUN)
+    process = start_cli(synthetic_dir, tmp_path, "fit", *SAVING_RUN)
     wait_for(checkpoints / "last.ckpt", process)
-    # Kill it at a moment that is likely inside a checkpoint write: right after a new one appears.
-    seen = {path.name: path.stat().st_mtime_ns for path in checkpoints.iterdir()}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        now = {path.name: path.stat().st_mtime_ns for path in checkpoints.iterdir() if path.exists()}
-        if now != seen:
-            break
-        time.sleep(0.001)
-    process.kill()
+    # Killed inside a checkpoint write: stopped while a temporary file of its is there, then killed.
+    left = kill_inside_a_save(process.pid, checkpoints)
     process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
+    assert any(TEMPORARY.fullmatch(name) for name in left), left
     for path in checkpoints.glob("*.ckpt"):
         assert read_checkpoint(path)["state_dict"], path
 
@@ -187,7 +186,8 @@ def test_predict_on_a_folder_writes_csv_table_and_grid_and_exits_1_for_skipped_f
     assert re.search(r"\bfile\s+class\s+confidence\s+top 3\n", result.stdout), result.stdout
     assert re.search(rf"{re.escape(str(images / 'a.jpg'))}\s+\d\s+[01]\.\d{{4}}\s+\d:", result.stdout)
     assert f"skipped {images / 'c.txt'}: not an image file" in result.stderr
-    run = tmp_path / "lightning_logs" / "version_0"
+    run = tiny_checkpoint.parent.parent / f"predict-{tiny_checkpoint.stem}"  # inside the checkpoint's run
+    assert not (tmp_path / "lightning_logs").exists(), "no run folder of its own"
     rows = list(csv.DictReader((run / "predictions.csv").open()))
     assert [Path(row["file"]).name for row in rows] == ["a.jpg", "b.png", "c.txt"]
     assert rows[0]["prediction"] == rows[1]["prediction"] != "" and rows[2]["problem"]

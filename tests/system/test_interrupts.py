@@ -5,39 +5,26 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import QUICK_RUN, start_cli, write_synthetic_mnist
+from tests.helpers import (
+    QUICK_RUN,
+    hold_at,
+    marker_flag,
+    start_cli,
+    wait_for_phase,
+    wait_until_handling_signals,
+)
 
 SLOW = ["--data.val_size=200", "--data.batch_size=1", "--trainer.enable_progress_bar=false"]
-
-
-@pytest.fixture(scope="module")
-def many_test_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Synthetic data with 20,000 test images: tested one at a time, they take long enough to be stopped midway."""
-    data_dir = tmp_path_factory.mktemp("many-test-images")
-    write_synthetic_mnist(data_dir, test=20000)
-    return data_dir
 
 
 def stop(process: subprocess.Popen, signum: int) -> tuple[int, str]:
     process.send_signal(signum)
     output, _ = process.communicate(timeout=120)
     return process.returncode, output
-
-
-def wait_for_line(process: subprocess.Popen, text: str, timeout: float = 120) -> str:
-    """Read the process's output until a line holds `text`; return what was read."""
-    read, deadline = [], time.monotonic() + timeout
-    for line in process.stdout:
-        read.append(line)
-        if text in line:
-            return "".join(read)
-        assert time.monotonic() < deadline, "".join(read)[-3000:]
-    raise AssertionError("the process ended first:\n" + "".join(read)[-3000:])
 
 
 @pytest.mark.parametrize(
@@ -47,7 +34,7 @@ def test_a_signal_during_start_up_ends_with_one_line(
     signum: int, status: int, name: str, synthetic_dir: Path, tmp_path: Path
 ) -> None:
     process = start_cli(synthetic_dir, tmp_path, "fit", *QUICK_RUN)
-    time.sleep(1.0)  # importing torch and Lightning
+    wait_until_handling_signals(process)  # then seconds of importing torch and Lightning
     code, output = stop(process, signum)
     assert code == status, output[-3000:]
     assert "Traceback" not in output
@@ -59,11 +46,13 @@ def test_a_signal_during_start_up_ends_with_one_line(
     ("signum", "status", "name"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")]
 )
 def test_a_signal_during_a_test_stops_it_at_a_batch_with_one_line(
-    signum: int, status: int, name: str, tiny_checkpoint: Path, many_test_images: Path, tmp_path: Path
+    signum: int, status: int, name: str, tiny_checkpoint: Path, synthetic_dir: Path, tmp_path: Path
 ) -> None:
-    process = start_cli(many_test_images, tmp_path, "test", *SLOW, f"--ckpt_path={tiny_checkpoint}")
-    wait_for_line(process, "Restoring states from the checkpoint")
-    time.sleep(0.3)
+    # The test of 300 images one at a time waits after its first one until it has the signal.
+    markers = hold_at(tmp_path / "markers", "test")
+    args = ["test", *SLOW, f"--ckpt_path={tiny_checkpoint}", marker_flag(markers)]
+    process = start_cli(synthetic_dir, tmp_path, *args)
+    wait_for_phase(markers, "test", process)
     code, output = stop(process, signum)
     assert code == status, output[-3000:]
     assert "Traceback" not in output and "test/acc" not in output, "stopped before the test's end"
@@ -71,9 +60,9 @@ def test_a_signal_during_a_test_stops_it_at_a_batch_with_one_line(
 
 
 def test_a_second_ctrl_c_does_not_wait_for_the_end_of_the_step(synthetic_dir: Path, tmp_path: Path) -> None:
-    process = start_cli(synthetic_dir, tmp_path, "fit", *SLOW, "--trainer.max_epochs=50")
-    wait_for_line(process, "Total params")
-    time.sleep(0.5)
+    markers = hold_at(tmp_path / "markers", "train-0")  # the fit waits after its first step until it has a signal
+    process = start_cli(synthetic_dir, tmp_path, "fit", *SLOW, "--trainer.max_epochs=50", marker_flag(markers))
+    wait_for_phase(markers, "train-0", process)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import optuna
@@ -20,13 +19,20 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mnist_lightning.tools.sweep.study import database_url
 from tests.helpers import (
+    DEFAULT_TRIALS,
     DIVERGING_LR,
     GOOD_LR,
     HOPELESS_LR,
     SWEEP,
+    assert_one_line_error,
+    enqueue_trials,
+    hold_at,
+    release,
     run_cli,
     start_sweep,
     sweep_error,
+    wait_for_phase,
+    with_phase_marker,
     write_sweep,
 )
 
@@ -43,18 +49,21 @@ def read_summary(folder: Path, study: str = "sweep") -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-# Random sampling with this seed (trial N draws with seed + N) proposes (0.003, [16]), (0.003, [32]), (1e30, [16]),
-# (1e-07, [16]), (1e-07, [32]): two trials that learn (the second better, so that it is not pruned), one that diverges
-# at its first step, then two that cannot learn.
 MAIN_SPACE = {**SWEEP["search_space"], "model.lr": {"choices": [GOOD_LR, HOPELESS_LR, DIVERGING_LR]}}
-MAIN_SAMPLER = {"seed": 3644, "n_startup_trials": 10}
+# Queued, so that the study runs them in this order: two trials that learn (the first is never pruned: no trial has
+# finished before it), one that diverges at its first step, then two that cannot learn.
+MAIN_TRIALS = [
+    {"model.lr": lr, "model.hidden_sizes": widths}
+    for lr, widths in [(GOOD_LR, [16]), (GOOD_LR, [32]), (DIVERGING_LR, [16]), (HOPELESS_LR, [16]), (HOPELESS_LR, [32])]
+]
 
 
 @pytest.fixture(scope="module")
 def swept(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """One sweep of 4 counted trials (5 in all) in a fresh process: (its working folder, what it printed)."""
     workdir = tmp_path_factory.mktemp("sweep")
-    config = write_sweep(workdir, search_space=MAIN_SPACE, sampler=MAIN_SAMPLER)
+    config = write_sweep(workdir, search_space=MAIN_SPACE)
+    enqueue_trials(workdir, *MAIN_TRIALS)
     output = run_cli(synthetic_dir, workdir, "sweep", f"--config={config}")
     return workdir, output
 
@@ -159,38 +168,23 @@ def finish(process: subprocess.Popen, timeout: float) -> str:
         pytest.fail(f"sweep still running after {timeout} s:\n{process.communicate()[0][-3000:]}")
 
 
-def running_trial_in_epoch_1(workdir: Path, deadline: float) -> optuna.trial.FrozenTrial | None:
-    """A RUNNING trial past its first epoch, once trials of two different workers have run."""
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        journal = workdir / "lightning_logs" / "sweep" / "optuna-journal.log"
-        if not journal.exists():
-            continue
-        trials = load(workdir).trials
-        pids = {t.user_attrs["worker"]["pid"] for t in trials if "worker" in t.user_attrs}
-        for trial in trials:
-            checkpoints = workdir / "lightning_logs" / "sweep" / f"trial_{trial.number:04d}" / "checkpoints"
-            if trial.state == TrialState.RUNNING and len(pids) == 2 and list(checkpoints.glob("epoch00*")):
-                return trial
-    return None
-
-
 @pytest.fixture(scope="module")
 def two_workers_one_killed(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str]:
     """`--workers 2` on the journal file, one worker killed with SIGKILL during a trial, then the same command again:
     (the working folder, the killed trial's number, what the second command printed)."""
     workdir = tmp_path_factory.mktemp("workers")
-    # Trials of 6 epochs, so that the kill lands inside one.
-    write_sweep(workdir, fit={**SWEEP["fit"], "trainer": {"max_epochs": 6, "enable_progress_bar": False}})
+    # The first two trials, which learn, wait in their second epoch until both are there, and until the kill.
+    markers = hold_at(workdir / "markers", "train-1")
+    write_sweep(workdir, fit=with_phase_marker(SWEEP["fit"], markers, processes=2, meet="train-1"))
+    enqueue_trials(workdir, *DEFAULT_TRIALS)
     first = sweep_process(synthetic_dir, workdir, "--workers=2")
-    victim = running_trial_in_epoch_1(workdir, time.monotonic() + 300)
-    if victim is None:
-        os.killpg(first.pid, signal.SIGKILL)
-        pytest.fail(f"no trial seen running with two workers:\n{first.communicate()[0][-3000:]}")
+    wait_for_phase(markers, "train-1", first, processes=2)
+    victim = next(t for t in load(workdir).trials if t.state == TrialState.RUNNING)
     os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+    release(markers)
     output = finish(first, 300)
     assert first.returncode == 1, output
-    assert "worker" in output and "killed by signal 9" in output, output
+    assert_one_line_error(output, "worker", "killed by signal 9")
     second = sweep_process(synthetic_dir, workdir, "--workers=2")
     output = finish(second, 300)
     assert second.returncode == 0, output
@@ -223,9 +217,12 @@ def test_a_killed_workers_trial_becomes_fail_and_the_rerun_reaches_exactly_n_tri
 
 def test_two_processes_share_one_postgresql_study(synthetic_dir: Path, tmp_path: Path, postgres: str) -> None:
     folders = [tmp_path / "machine_a", tmp_path / "machine_b"]
+    # The first trial of each waits at its first step until the other's is there: both run trials.
+    fit = with_phase_marker(SWEEP["fit"], tmp_path / "markers", processes=2)
     for folder in folders:
         folder.mkdir()
-        write_sweep(folder)
+        write_sweep(folder, fit=fit)
+    enqueue_trials(postgres, *DEFAULT_TRIALS)
     processes = [sweep_process(synthetic_dir, folder, f"--storage={postgres}") for folder in folders]
     outputs = [finish(process, 300) for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs

@@ -14,7 +14,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +27,23 @@ from mnist_lightning.commands import main as dispatch
 from mnist_lightning.tools.sweep.study import HOST, JournalFile, reap_dead_trials
 from tests.helpers import (
     SWEEP,
-    catches,
+    assert_one_line_error,
     cli_context,
-    only_error_line,
+    hold_at,
+    release,
     start_sweep,
+    wait_for_phase,
+    wait_until_handling_signals,
+    with_phase_marker,
     write_sweep,
 )
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 CONTINUOUS = {"model.lr": {"low": 0.0005, "high": 0.02, "log": True}, "model.hidden_sizes": {"choices": [[16], [32]]}}
-# Trials of 8 epochs of 20 steps (a few seconds): long enough to be stopped in, once their first epoch is saved.
-LONG = {**SWEEP["fit"], "trainer": {"max_epochs": 8, "enable_progress_bar": False}}
-# With two workers, 20 epochs: the first worker's trial must still run when the second (seconds of imports later)
-# has saved its first epoch.
-LONGER = {**LONG, "trainer": {**LONG["trainer"], "max_epochs": 20}}
+# Trials of 2 epochs of 20 steps: held (`held_trials`), they are stopped or killed in their second epoch.
+TRIALS = SWEEP["fit"]
 # Trials of 2 steps: where what matters happens outside them.
-TINY = {**SWEEP["fit"], "trainer": {**LONG["trainer"], "max_epochs": 1, "limit_train_batches": 2}}
+TINY = {**SWEEP["fit"], "trainer": {**SWEEP["fit"]["trainer"], "max_epochs": 1, "limit_train_batches": 2}}
 NO_PRUNING = {"n_startup_trials": 100}
 RESUMED = "(finished trials are kept, stopped ones are tried again); resume with: python -m mnist_lightning sweep"
 
@@ -62,17 +62,12 @@ def load(workdir: Path, study: str = "sweep") -> optuna.Study:
     return optuna.load_study(study_name=study, storage=storage)
 
 
-def wait_for_saved_epochs(workdir: Path, process: subprocess.Popen, trials: int = 1, timeout: float = 240) -> None:
-    """Wait until `trials` trials have saved their first epoch (so that they are mid-trial); fail if the process
-    ends first."""
-    deadline = time.monotonic() + timeout
-    while len(list((workdir / "lightning_logs" / "sweep").glob("trial_*/checkpoints/epoch*.ckpt"))) < trials:
-        if process.poll() is not None:
-            pytest.fail(f"the sweep ended before its trials saved an epoch:\n{process.communicate()[0][-3000:]}")
-        if time.monotonic() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail(f"no {trials} trials saved an epoch in {timeout} s")
-        time.sleep(0.05)
+def held_trials(markers: Path, processes: int = 1) -> dict[str, Any]:
+    """The `fit` of trials that wait after the first step of their second epoch (their first epoch saved) until
+    `processes` trials are there, and until the test has stopped or killed them: `release(markers)` lets the later
+    runs' trials go on."""
+    hold_at(markers, "train-1")
+    return with_phase_marker(TRIALS, markers, processes, meet="train-1")
 
 
 def ran(trial: optuna.trial.FrozenTrial) -> bool:
@@ -95,9 +90,11 @@ def rerun_in_this_process(data_dir: Path, command: str) -> str:
 def test_a_stopped_trial_is_fail_and_the_resume_command_retries_exactly_its_parameters(
     signum: int, status: int, name: str, synthetic_mnist: Path, workdir: Path
 ) -> None:
-    config = write_sweep(workdir, fit=LONG, search_space=CONTINUOUS, n_trials=2, pruner=NO_PRUNING)
+    markers = workdir / "markers"
+    fit = held_trials(markers)
+    config = write_sweep(workdir, fit=fit, search_space=CONTINUOUS, n_trials=2, pruner=NO_PRUNING)
     process = start_sweep(synthetic_mnist, workdir, f"--config={config}")
-    wait_for_saved_epochs(workdir, process)
+    wait_for_phase(markers, "train-1", process)
     process.send_signal(signum)
     output = finish(process)
     assert process.returncode == status, output
@@ -110,6 +107,7 @@ def test_a_stopped_trial_is_fail_and_the_resume_command_retries_exactly_its_para
     (queued,) = [t for t in study.trials if t.state == TrialState.WAITING]
     assert queued.user_attrs == {"retry_of": 0, "attempt": 1, "why": "it was interrupted"}
 
+    release(markers)
     rerun = rerun_in_this_process(synthetic_mnist, last.split("resume with: ", 1)[1])
     assert "retries trial 0 (it was interrupted)" in rerun
     study = load(workdir)
@@ -120,9 +118,11 @@ def test_a_stopped_trial_is_fail_and_the_resume_command_retries_exactly_its_para
 
 
 def test_ctrl_c_stops_every_worker_and_queues_each_stopped_trial(synthetic_dir: Path, tmp_path: Path) -> None:
-    config = write_sweep(tmp_path, fit=LONGER, search_space=CONTINUOUS, n_trials=3, pruner=NO_PRUNING)
+    markers = tmp_path / "markers"
+    fit = held_trials(markers, processes=2)  # a trial of each worker, both running
+    config = write_sweep(tmp_path, fit=fit, search_space=CONTINUOUS, n_trials=3, pruner=NO_PRUNING)
     process = start_sweep(synthetic_dir, tmp_path, f"--config={config}", "--workers=2")
-    wait_for_saved_epochs(tmp_path, process, trials=2)
+    wait_for_phase(markers, "train-1", process, processes=2)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
     output = finish(process)
     assert process.returncode == 130, output
@@ -172,11 +172,13 @@ def test_processes_that_find_one_dead_trial_at_the_same_moment_retry_it_once(tmp
 def test_a_killed_sweeps_trial_is_retried_once_when_two_runs_start_together(
     synthetic_dir: Path, tmp_path: Path
 ) -> None:
-    config = write_sweep(tmp_path, fit=LONG, search_space=CONTINUOUS, n_trials=2, pruner=NO_PRUNING)
+    markers = tmp_path / "markers"
+    config = write_sweep(tmp_path, fit=held_trials(markers), search_space=CONTINUOUS, n_trials=2, pruner=NO_PRUNING)
     first = start_sweep(synthetic_dir, tmp_path, f"--config={config}")
-    wait_for_saved_epochs(tmp_path, first)
+    wait_for_phase(markers, "train-1", first)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=60)
+    release(markers)
     assert load(tmp_path).trials[0].state == TrialState.RUNNING, "kill -9 leaves the trial RUNNING"
 
     runs = [start_sweep(synthetic_dir, tmp_path, f"--config={config}") for _ in range(2)]
@@ -201,11 +203,8 @@ def test_a_signal_during_start_up_ends_with_one_line_and_writes_nothing(
 ) -> None:
     config = write_sweep(tmp_path)
     process = start_sweep(synthetic_dir, tmp_path, f"--config={config}")
-    deadline = time.monotonic() + 60
     # The command's handlers are in place before it imports Lightning and Optuna (seconds of imports).
-    while not catches(process.pid, signal.SIGTERM):
-        assert process.poll() is None and time.monotonic() < deadline, "the handlers never came"
-        time.sleep(0.005)
+    wait_until_handling_signals(process)
     process.send_signal(signum)
     output = finish(process, 60)
     assert process.returncode == status, output
@@ -216,20 +215,20 @@ def test_a_signal_during_start_up_ends_with_one_line_and_writes_nothing(
 def test_ctrl_c_during_the_report_ends_with_one_line_and_the_next_run_reports(
     synthetic_mnist: Path, workdir: Path
 ) -> None:
-    config = write_sweep(workdir, fit=TINY, search_space=CONTINUOUS, n_trials=1)
+    # The report tests the best checkpoint (then writes the summary and plots): the test waits after its first batch.
+    markers = hold_at(workdir / "markers", "test")
+    config = write_sweep(workdir, fit=with_phase_marker(TINY, markers), search_space=CONTINUOUS, n_trials=1)
     process = start_sweep(synthetic_mnist, workdir, f"--config={config}")
-    printed = []
-    for line in process.stdout:  # the test of the best checkpoint, then the summary, plots (seconds of them)
-        printed.append(line)
-        if line.startswith("Testing trial 0's best checkpoint"):
-            process.send_signal(signal.SIGINT)
-            break
-    output = "".join(printed) + finish(process, 120)
+    wait_for_phase(markers, "test", process)
+    process.send_signal(signal.SIGINT)
+    output = finish(process, 120)
     assert process.returncode == 130, output
+    assert "Testing trial 0's best checkpoint" in output, output
     assert "Traceback" not in output
     last = output.strip().splitlines()[-1]
     assert last.startswith(f"stopped by Ctrl-C {RESUMED}"), output
     assert len(load(workdir).get_trials(states=COUNTED)) == 1
+    release(markers)
     rerun = rerun_in_this_process(synthetic_mnist, last.split("resume with: ", 1)[1])
     assert "Study sweep: 1 of 1 trials done or running" in rerun and "test accuracy" in rerun
     with open(workdir / "lightning_logs" / "sweep" / "summary.csv") as file:
@@ -238,7 +237,9 @@ def test_ctrl_c_during_the_report_ends_with_one_line_and_the_next_run_reports(
 
 
 def test_two_workers_never_run_the_same_parameters_and_stop_at_n_trials(synthetic_dir: Path, tmp_path: Path) -> None:
-    config = write_sweep(tmp_path, fit=TINY, search_space=CONTINUOUS, n_trials=6, pruner=NO_PRUNING)
+    # The first trial of each worker waits at its first step until the other's is there: both run trials.
+    fit = with_phase_marker(TINY, tmp_path / "markers", processes=2)
+    config = write_sweep(tmp_path, fit=fit, search_space=CONTINUOUS, n_trials=6, pruner=NO_PRUNING)
     process = start_sweep(synthetic_dir, tmp_path, f"--config={config}", "--workers=2")
     output = finish(process)
     assert process.returncode == 0, output
@@ -281,9 +282,9 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_there(
         synthetic_mnist, tmp_path, f"--config={tmp_path / 'sweep.yaml'}", n_trials, preexec_fn=limit_file_size
     )
     output = finish(process, 120)
-    assert process.returncode == 2 and "Traceback" not in output, output
-    line = only_error_line(output)
+    assert process.returncode == 2, output
     name = "the journal " if where == "optuna-journal.log" else ""
+    line = assert_one_line_error(output, f"could not write {name}lightning_logs/sweep/{where} (File too large)")
     assert line.startswith(
         f"error: could not write {name}lightning_logs/sweep/{where} (File too large): raise the file"
     )
