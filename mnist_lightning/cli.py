@@ -35,7 +35,7 @@ from mnist_lightning.compat import CLIInternals
 from mnist_lightning.data.module import MNISTDataModule
 from mnist_lightning.datasets import DEFAULT_DATASET
 from mnist_lightning.defaults import NullProfiler, silence_third_party_noise, stop_probing_for_nvml_without_gpus
-from mnist_lightning.errors import DEBUG_VARIABLE, ArgumentError, one_line_errors
+from mnist_lightning.errors import DEBUG_VARIABLE, ArgumentError
 from mnist_lightning.flag_errors import YamlFile, parse_error
 from mnist_lightning.flags import (
     lightnings_refusal,
@@ -173,7 +173,8 @@ class MNISTLightningCLI(CLIInternals, LightningCLI):
             path, content = requeued_resume_point(path, content, root, self.job_step)
         config.ckpt_path = path
         if path is None or path in SPECIAL_CHECKPOINTS:
-            config.data.dataset = config.data.dataset or DEFAULT_DATASET
+            # An image folder is its own dataset (data.folders): --data.dataset stays unset beside it.
+            config.data.dataset = config.data.dataset or (None if config.data.get("image_folder") else DEFAULT_DATASET)
             return
         # Read once, and checked before Lightning restores from it (runs.checkpoint_io hands it this copy): missing,
         # truncated, unsafe to unpickle, of another dataset.
@@ -351,10 +352,9 @@ def build_cli(
 
 
 def cli_main(args: ArgsType = None) -> MNISTLightningCLI:
-    """`python -m mnist_lightning {fit,validate,test,predict}`: `build_cli` with every user error as one line (set
-    MNIST_LIGHTNING_DEBUG=1 for the traceback), and Ctrl-C, SIGTERM and SLURM's requeue signal handled."""
-    with one_line_errors(), slurm.signals_handled():
-        cli = build_cli(args)
+    """`python -m mnist_lightning {fit,validate,test,predict}`: `build_cli`, then the summary `fit` ends with.
+    commands.main runs it inside the one-line errors and the signal handling, entered once per command."""
+    cli = build_cli(args)
     if cli.summary and cli.trainer.is_global_zero:
         print(cli.summary)
     return cli

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import sys
+from typing import Any
 
 from mnist_lightning import interrupts, threads  # noqa: F401 (threads: its load meter starts now)
 from mnist_lightning.errors import UserError, one_line_errors
@@ -29,8 +30,10 @@ USAGE = "usage: python -m mnist_lightning COMMAND [FLAGS]\n\nLightning's subcomm
 USAGE += "(python -m mnist_lightning COMMAND --help lists every flag):\n"
 
 
-def main(args: list[str] | None = None) -> None:
-    """Run `python -m mnist_lightning` with `args` (default `sys.argv[1:]`)."""
+def main(args: list[str] | None = None) -> Any:
+    """Run `python -m mnist_lightning` with `args` (default `sys.argv[1:]`), inside the one-line errors (set
+    MNIST_LIGHTNING_DEBUG=1 for tracebacks) and the handling of Ctrl-C, SIGTERM and SLURM's requeue signal, which
+    every command is run in, once. Returns what the command returns (the LightningCLI for fit, ...)."""
     given = args
     args = sys.argv[1:] if args is None else list(args)
     if not args or args[0] in ("-h", "--help"):
@@ -48,8 +51,7 @@ def main(args: list[str] | None = None) -> None:
         if args[0] not in COMMANDS:
             with interrupts.deferred():
                 from mnist_lightning.cli import cli_main  # Lightning's import is the slow part of start-up
-            cli_main(given)  # None: LightningCLI reads sys.argv itself, and warns when given both
-            return
+            return cli_main(given)  # None: LightningCLI reads sys.argv itself, and warns when given both
         module_name, _, extra = COMMANDS[args[0]]
         try:
             with interrupts.deferred():
@@ -60,4 +62,4 @@ def main(args: list[str] | None = None) -> None:
             raise UserError(
                 f"`{args[0]}` needs {e.name}, which is not installed: pip install 'mnist-lightning[{extra}]'"
             ) from None
-        module.main(args[1:])
+        return module.main(args[1:])

@@ -36,7 +36,7 @@ class _State:
     received: int | None = None  # the first stop signal of this process
     stopped_at: str = ""  # where the interrupted work stopped, said by whoever saved it
     resume: str | None = None  # the command that resumes it
-    installed = 0
+    installed = False  # `handled` is in force: a command runs (entered once, by commands.main or a worker)
     signals: tuple[int, ...] = ()  # the signals handled
     only_note = False  # a Lightning run is in progress (it stops at a batch end), or imports are (`deferred`)
 
@@ -108,12 +108,14 @@ def handled(requeue: Callable[[], str] | None = None, say: bool = True) -> Itera
     """Handle Ctrl-C and SIGTERM as this module says while the block runs, and end a stopped block with its one line
     (unless `say` is false) and exit status. `requeue`: under SLURM, SIGUSR1 is handled too, and when it stopped the
     block this requeues the job (after whatever was worth saving is saved) and says so."""
+    if _State.installed:
+        raise RuntimeError("interrupts.handled() is entered once per command, and it is in force already")
     signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR1] if requeue else [])
     install = threading.current_thread() is threading.main_thread()  # Python runs handlers there only
     previous = {signum: signal.getsignal(signum) for signum in signals} if install else {}
-    if _State.installed == 0:  # a command begins: nothing of an earlier one in this process (a test's) carries over
-        _State.received, _State.stopped_at, _State.resume, _State.only_note = None, "", None, False
-    _State.installed += 1
+    # A command begins: nothing of an earlier one in this process (a test's) carries over.
+    _State.received, _State.stopped_at, _State.resume, _State.only_note = None, "", None, False
+    _State.installed = True
     _State.signals = tuple(signals)
     try:
         for signum in previous:
@@ -121,13 +123,13 @@ def handled(requeue: Callable[[], str] | None = None, say: bool = True) -> Itera
         yield
         # A stop signal whose exception a library swallowed (torch.onnx's exporter does): the block ran to its end,
         # but the user asked it to stop. (SLURM's SIGUSR1 then needs no requeue: the work is done.)
-        if _State.received not in (None, signal.SIGUSR1) and _State.installed == 1:
+        if _State.received not in (None, signal.SIGUSR1):
             raise Stopped(_State.received)
     except BaseException as e:
         # Whatever ends a block after a stop signal is its consequence: Lightning's SIGTERMException (a SystemExit
         # without a code), its sys.exit(1) after an interrupt it caught itself, or in a distributed run the error of
         # a collective call whose peer has stopped.
-        if _State.received is None or _State.installed > 1 or (isinstance(e, SystemExit) and e.code not in (None, 1)):
+        if _State.received is None or (isinstance(e, SystemExit) and e.code not in (None, 1)):
             raise
         # Exiting now: a second Ctrl-C, or the SIGTERM that follows a requeue, has nothing to add.
         for signum in previous:
@@ -138,6 +140,6 @@ def handled(requeue: Callable[[], str] | None = None, say: bool = True) -> Itera
             print(f"\n{final_line(outcome)}", file=sys.stderr)
         raise SystemExit(exit_status()) from None
     finally:
-        _State.installed -= 1
+        _State.installed = False
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -126,15 +126,15 @@ def cli_context(data_dir: Path, workdir: Path) -> Iterator[None]:
 
 
 def one_line_error(capture: Any, args: list[str], main: Any = None, alone: bool = False) -> str:
-    """Run `main(args)` (default `cli_main`; `commands.main` for the other commands) in this process and require exit
+    """Run `main(args)` (default `commands.main`, which every command runs in) in this process and require exit
     status 2, no traceback and exactly one `error:` line on stderr (`alone`: and nothing else there); return that
     line. `capture` is pytest's capsys or capfd."""
     import pytest
 
-    from mnist_lightning.cli import cli_main
+    from mnist_lightning import commands
 
     with pytest.raises(SystemExit) as exit_info:
-        (main or cli_main)(args)
+        (main or commands.main)(args)
     output = capture.readouterr()
     assert exit_info.value.code == 2, output.out[-2000:] + output.err[-2000:]
     assert "Traceback" not in output.out, output.out[-2000:]

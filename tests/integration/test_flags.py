@@ -182,8 +182,11 @@ def test_every_run_gets_a_folder_under_default_root_dir(
     fitted = workdir / root / "version_0"
     assert (fitted / "config.yaml").is_file() and read_checkpoint(fitted / "checkpoints" / "last.ckpt")
     assert [path.name for path in workdir.iterdir()] == ["out"], "nothing outside --trainer.default_root_dir"
-    for number, subcommand in enumerate(["validate", "test", "predict"], start=1):
+    for subcommand in ["validate", "test", "predict"]:
         cli = cli_main([subcommand, *args])  # the best checkpoint of the run under default_root_dir
-        assert Path(cli.trainer.ckpt_path).parent == Path(root) / "version_0" / "checkpoints"
-        assert (workdir / root / f"version_{number}" / "config.yaml").is_file(), "an evaluation is a run too"
-    assert (workdir / root / "version_3" / "predictions.csv").is_file()
+        best = Path(cli.trainer.ckpt_path)
+        assert best.parent == Path(root) / "version_0" / "checkpoints"
+        evaluation = fitted / f"{subcommand}-{best.stem}"
+        assert (evaluation / "config.yaml").is_file(), "an evaluation is a run too, inside the run it evaluates"
+    assert (evaluation / "predictions.csv").is_file()
+    assert sorted(path.name for path in (workdir / root).iterdir()) == ["version_0"]

@@ -51,3 +51,11 @@ def test_a_deferred_block_inside_a_run_leaves_the_stop_to_the_run() -> None:
         went_on = True
         interrupts.release()
     assert went_on and stopped.value.code == 143
+
+
+def test_the_signal_handling_is_entered_once_per_command() -> None:
+    """commands.main enters it (and a sweep's worker process, its own entry point); cli_main does not enter it again."""
+    with interrupts.handled(), pytest.raises(RuntimeError, match="entered once per command"), interrupts.handled():
+        pass
+    with interrupts.handled():  # and again once the first has ended
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
