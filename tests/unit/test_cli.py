@@ -71,28 +71,6 @@ def test_without_gpus_torch_stops_probing_for_nvml_on_every_optimizer_step(monke
     assert ("PYTORCH_NVML_BASED_CUDA_CHECK" in os.environ) == (gpus > 0)
 
 
-def test_a_config_saved_by_the_previous_version_still_runs(
-    synthetic_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Runs of the flat package saved the network's sizes (now linked from the data module) and the profiler under
-    `mnist_lightning.cli`; such a config.yaml still parses and gives the same network."""
-    old = {
-        "seed_everything": 42,
-        "model": {"hidden_sizes": [64], "input_size": 784, "num_classes": 10},
-        "data": {"dataset": "mnist", "data_dir": str(synthetic_mnist), "val_size": 200},
-        "trainer": {"max_epochs": 1, "profiler": {"class_path": "mnist_lightning.cli.NullProfiler"}},
-    }
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(old))
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", f"--config={config}", "--print_config"])
-    assert exit_info.value.code == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["hidden_sizes"] == [64] and printed["trainer"]["profiler"]["class_path"].endswith(
-        "NullProfiler"
-    )
-
-
 def test_a_mistake_in_dict_args_names_their_subcommand_not_the_processs_own_argv(monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", ["pytest", "validate", "--bogus"])  # a caller's own command line (the sweep's)
     with pytest.raises(ArgumentError, match=r"^--trainer\.max_epochs abc: .*`python -m mnist_lightning test --help`"):
