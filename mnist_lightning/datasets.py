@@ -26,6 +26,13 @@ IDX_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 DEFAULT_DATASET = "mnist"
+# The name every dataset read from a folder of images (`--data.image_folder ROOT`) records; its classes, image shape
+# and preparation are the folder's own (mnist_lightning.data.folders).
+IMAGE_FOLDER = "image_folder"
+# How an image of the user's becomes the network's input (`mnist_lightning.data.images.PREPARATIONS`): "digit", as
+# MNIST prepared its digits (ink cropped, fitted and centred); "resize", as `--data.image_folder` reads its images
+# (converted to the channels and resized to the size of `image_shape`).
+DIGIT, RESIZE = "digit", "resize"
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,8 @@ class DatasetSpec:
         mean, std: of the pixels on a 0-1 scale over the training images; the network normalizes its inputs with them.
         sha256: the digest of each of the four IDX files; a file that does not match is never used.
         sources: where missing files are fetched from, in order (names of `mnist_lightning.data.sources.SOURCES`).
+        preparation: how your own images (`predict --data.predict_path`, `serve`) become its images: `digit` (as
+            MNIST prepared its digits) or `resize` (as an image folder's images: converted and resized).
     """
 
     name: str
@@ -50,6 +59,7 @@ class DatasetSpec:
     std: float
     sha256: Mapping[str, str] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
+    preparation: str = DIGIT
 
     @property
     def input_size(self) -> int:
@@ -65,18 +75,25 @@ class DatasetSpec:
     def facts(self) -> dict[str, Any]:
         """What a trained model must know of its data, as plain data: checkpoints and exported models record it. (The
         normalization is the model's own: net.Normalize.)"""
-        return {
+        facts: dict[str, Any] = {
             "name": self.name,
             "image_shape": list(self.image_shape),
             "classes": list(self.classes),
         }
+        if self.preparation != DIGIT:  # recorded only where it is not MNIST's, as before there were others
+            facts["preparation"] = self.preparation
+        return facts
 
     def with_facts(self, facts: Mapping[str, Any]) -> DatasetSpec:
-        """This entry with the shape and classes that a checkpoint or exported model recorded."""
+        """This entry with the shape, classes and preparation that a checkpoint or exported model recorded."""
+        preparation = str(facts.get("preparation", DIGIT))
+        if preparation not in (DIGIT, RESIZE):
+            raise ValueError(f"preparation {preparation!r}")
         return replace(
             self,
             image_shape=tuple(int(size) for size in facts["image_shape"]),
             classes=tuple(str(name) for name in facts["classes"]),
+            preparation=preparation,
         )
 
 
@@ -145,19 +162,28 @@ def get_dataset(name: str) -> DatasetSpec:
     raise ArgumentError(f"--data.dataset {name!r} is not a known dataset: {hint}the datasets are {', '.join(DATASETS)}")
 
 
+# The image folder dataset of the checkpoint this process read last (`dataset_of_record`): what a command on that
+# checkpoint builds its data module and network from, with or without the folder (`predict --data.predict_path`).
+RECORDED: dict[str, DatasetSpec] = {}
+
+
 def dataset_of_record(facts: Mapping[str, Any], source: str) -> DatasetSpec:
     """The dataset that a checkpoint or exported model (`source`, for messages) recorded, as a `DatasetSpec`.
 
     A registered dataset keeps its files and sources; one this process does not know can still be predicted on,
-    exported and served (its recorded facts are all that needs), but not trained or tested.
+    exported and served (its recorded facts are all that needs), but not trained or tested. An image folder's is
+    remembered in `RECORDED`, where the data module of a command on that checkpoint finds its classes and preparation.
     """
     try:
         registered = DATASETS.get(str(facts["name"]))
         spec = registered or DatasetSpec(
             name=str(facts["name"]), folder="", image_shape=(1, 1, 1), classes=(), mean=0, std=1
         )
-        return spec.with_facts(facts)
+        spec = spec.with_facts(facts)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(
             f"{source} records its dataset incompletely ({e!r}): it was not written by this project"
         ) from None
+    if spec.name == IMAGE_FOLDER:
+        RECORDED[IMAGE_FOLDER] = spec
+    return spec

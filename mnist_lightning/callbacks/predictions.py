@@ -23,8 +23,8 @@ ELSEWHERE = "or predict into another folder with --trainer.default_root_dir DIR"
 
 class PredictionWriter(BasePredictionWriter):
     """Writes one row per image, classes by name (the checkpoint's). For the test set: index, label, predicted
-    class, confidence. For your own images (`--data.predict_path`): file, predicted class, confidence, top 3, and the
-    problem for files that were skipped.
+    class, confidence (and the file, for an image folder's test set). For your own images (`--data.predict_path`):
+    file, predicted class, confidence, top 3, and the problem for files that were skipped.
 
     Args:
         filename: the CSV file's name inside the run folder (with a `-rankN` suffix when several processes predict).
@@ -52,12 +52,12 @@ class PredictionWriter(BasePredictionWriter):
         labels = torch.cat([output["label"] for output in predictions]).tolist()
         confidence, predicted = probabilities.max(dim=-1)
         rows = zip(indices, labels, predicted.tolist(), confidence.tolist(), strict=True)
-        write_csv(
-            path,
-            ["index", "label", "prediction", "confidence"],
-            ([index, classes[label], classes[guess], f"{conf:.6f}"] for index, label, guess, conf in rows),
-            ELSEWHERE,
-        )
+        table = [[index, classes[label], classes[guess], f"{conf:.6f}"] for index, label, guess, conf in rows]
+        header = ["index", "label", "prediction", "confidence"]
+        files = getattr(trainer.datamodule, "test_files", None)  # an image folder's test set
+        if files:
+            header, table = [*header, "file"], [[*row, files[row[0]]] for row in table]
+        write_csv(path, header, table, ELSEWHERE)
         rank_zero_info(f"Predictions for {len(indices):,} images written to {path}")
 
     def _write_own_images(self, trainer: L.Trainer, path: Path, indices: list[int], probabilities: Tensor) -> None:

@@ -3,9 +3,10 @@
 - `GET /`: the page (served from the package: it works offline); `/static/...` its files, `/favicon.ico` its icon.
 - `POST /predict`: an image as the raw request body (`Content-Type: image/png`, `image/jpeg`, ...) or as the multipart
   field `file`; answers `{"digit", "label", "probabilities", "image"}`, where `image` is the digit the model saw
-  (rows of 0-255 grey levels, of the model's image shape), prepared exactly as `predict --data.predict_path` prepares
-  your own images.
-- `GET /health`: the model being served.
+  (rows of 0-255 grey levels, of the model's image shape; a colour model's image as its grey levels), prepared exactly
+  as `predict --data.predict_path` prepares your own images (by the model's recorded preparation: MNIST's digit
+  preparation, or an image folder's conversion and resize).
+- `GET /health`: the model being served (its dataset, classes, image shape, preparation, validation accuracy).
 
 Every problem with an upload is a 4xx JSON answer `{"error": "..."}` that says what is wrong.
 """
@@ -18,14 +19,17 @@ from typing import Any
 
 import anyio
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import Message
+from torch import Tensor
 
-from mnist_lightning.data.images import MAX_PIXELS, UnusableImage, prepare_digit
+from mnist_lightning.data.images import MAX_PIXELS, PREPARATIONS, UnusableImage
+from mnist_lightning.datasets import DIGIT
 from mnist_lightning.errors import UserError
 from mnist_lightning.tools.serving.predictors import Predictor
 
@@ -47,6 +51,7 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, max_pixels: int
     workers = anyio.CapacityLimiter(os.cpu_count() or 1)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     shape = predictor.info.image_shape
+    prepare = PREPARATIONS[predictor.info.preparation]
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -81,6 +86,7 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, max_pixels: int
             "dataset": info.dataset,
             "classes": list(info.classes),
             "image_shape": list(info.image_shape),
+            "preparation": info.preparation,
             "val_accuracy": info.val_accuracy,
         }
 
@@ -88,9 +94,10 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, max_pixels: int
     async def predict(request: Request) -> dict[str, Any]:
         image = await uploaded_image(request, max_bytes)
         try:
-            digit = await anyio.to_thread.run_sync(prepare_digit, image, shape, max_pixels, limiter=workers)
+            digit = await anyio.to_thread.run_sync(prepare, image, shape, max_pixels, limiter=workers)
         except UnusableImage as e:
-            fix = f"send a photo or drawing of one digit, at most {max_pixels / 1e6:g} megapixels"
+            what = "one digit" if predictor.info.preparation == DIGIT else f"one of {', '.join(predictor.info.classes)}"
+            fix = f"send a photo or drawing of {what}, at most {max_pixels / 1e6:g} megapixels"
             raise HTTPException(422, f"{e}: {fix}") from None
         pixels = digit[None].numpy().astype(np.float32) / 255
         probabilities = (await anyio.to_thread.run_sync(predictor, pixels, limiter=workers))[0]
@@ -99,10 +106,18 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, max_pixels: int
             "digit": index,
             "label": predictor.info.classes[index],
             "probabilities": [round(float(p), 6) for p in probabilities],
-            "image": digit[0].tolist(),
+            "image": grey_levels(digit).tolist(),
         }
 
     return app
+
+
+def grey_levels(image: Tensor) -> Tensor:
+    """A uint8 C×H×W image as H×W grey levels: its one channel, or an RGB image's luma (ITU-R 601-2, as Pillow's)."""
+    if image.shape[0] == 1:
+        return image[0]
+    weights = torch.tensor([0.299, 0.587, 0.114])[: image.shape[0]]
+    return (image.float() * weights[:, None, None]).sum(dim=0).round().clamp(0, 255).to(torch.uint8)
 
 
 async def uploaded_image(request: Request, max_bytes: int) -> bytes:

@@ -4,7 +4,8 @@ ways to run it on images in [0, 1] — onnxruntime on an exported model, or torc
 Both predictors take float32 N×C×H×W arrays of their dataset's image shape (1×28×28 for MNIST: white digit on
 black, as MNIST stores it) and return N×K class probabilities; `export` checks one against the other, and `serve`
 runs either. What a model was trained on (dataset, classes, image shape) comes from its checkpoint, or from the
-exported model's metadata.
+exported model's metadata, with how your own images become its input (`preparation`: MNIST's digit preparation, or an
+image folder's conversion and resize; see mnist_lightning.data.images).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mnist_lightning.datasets import DatasetSpec
+from mnist_lightning.datasets import DIGIT, RESIZE, DatasetSpec
 from mnist_lightning.errors import CheckpointError, first_line
 from mnist_lightning.tools.serving.native import signals_held
 
@@ -35,10 +36,11 @@ class ModelInfo:
     classes: tuple[str, ...]
     image_shape: tuple[int, int, int]
     val_accuracy: float | None
+    preparation: str = DIGIT  # how an image of the user's becomes its input (data.images.PREPARATIONS)
 
     @classmethod
     def of(cls, spec: DatasetSpec, val_accuracy: float | None) -> ModelInfo:
-        return cls(spec.name, spec.classes, spec.image_shape, val_accuracy)
+        return cls(spec.name, spec.classes, spec.image_shape, val_accuracy, spec.preparation)
 
     def metadata(self) -> dict[str, str]:
         metadata = {
@@ -48,6 +50,8 @@ class ModelInfo:
         }
         if self.val_accuracy is not None:
             metadata["val_accuracy"] = f"{self.val_accuracy:.6f}"
+        if self.preparation != DIGIT:  # recorded where it is not MNIST's, as before there were others
+            metadata["preparation"] = self.preparation
         return metadata
 
     @classmethod
@@ -56,13 +60,17 @@ class ModelInfo:
         accuracy = metadata.get("val_accuracy")
         shape = tuple(int(size) for size in json.loads(metadata["image_shape"]))
         classes = json.loads(metadata["classes"])
+        preparation = metadata.get("preparation", DIGIT)
         if not isinstance(classes, list) or not classes or len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"classes {metadata['classes']}, image shape {list(shape)}")
+        if preparation not in (DIGIT, RESIZE):
+            raise ValueError(f"preparation {preparation!r}")
         return cls(
             str(metadata["dataset"]),
             tuple(str(name) for name in classes),
             shape,
             None if accuracy is None else float(accuracy),
+            preparation,
         )
 
 
