@@ -45,8 +45,8 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -m "not system" -n 2 --dist loadfile --no-loadscope-reorder
-	$(BIN)/python -m pytest -m system -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -m "not system" -n 2 --dist loadfile --no-loadscope-reorder --durations=10
+	$(BIN)/python -m pytest -m system -n 2 --dist loadfile --no-loadscope-reorder --durations=10
 
 fit: $(STAMP)
 	$(BIN)/python -m mnist_lightning fit --config configs/seed.yaml

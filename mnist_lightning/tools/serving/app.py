@@ -13,7 +13,6 @@ Every problem with an upload is a 4xx JSON answer `{"error": "..."}` that says w
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Message
 from torch import Tensor
 
+from mnist_lightning import threads
 from mnist_lightning.data.images import MAX_PIXELS, PREPARATIONS, UnusableImage
 from mnist_lightning.datasets import DIGIT
 from mnist_lightning.errors import UserError
@@ -48,7 +48,7 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, max_pixels: int
         )
     app = FastAPI(title="mnist_lightning", docs_url=None, redoc_url=None)
     # Preparing a large photo takes a few hundred MB for a moment: at most one per core at a time.
-    workers = anyio.CapacityLimiter(os.cpu_count() or 1)
+    workers = anyio.CapacityLimiter(threads.usable_cpus())  # a request per CPU it may use, one thread each
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     shape = predictor.info.image_shape
     prepare = PREPARATIONS[predictor.info.preparation]
