@@ -42,8 +42,9 @@ class _State:
 
 
 def received() -> int | None:
-    """The first stop signal this process received, if any."""
-    return _State.received
+    """The first stop signal the running command received, if any (None outside a command: `handled` not in force,
+    as for a LightningCLI built in a test or a notebook, where an earlier command's signal must not stop a run)."""
+    return _State.received if _State.installed else None
 
 
 def note_resume(stopped_at: str, command: str) -> None:

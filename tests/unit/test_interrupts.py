@@ -59,3 +59,11 @@ def test_the_signal_handling_is_entered_once_per_command() -> None:
         pass
     with interrupts.handled():  # and again once the first has ended
         assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+
+
+def test_a_signal_of_an_ended_command_does_not_stop_a_run_started_later_in_the_process() -> None:
+    """A LightningCLI built outside `commands.main` (a test, a notebook) after a command that was stopped: its run's
+    StopOnSignal must not see the earlier command's signal."""
+    with pytest.raises(SystemExit), interrupts.handled():
+        signal.raise_signal(signal.SIGTERM)
+    assert interrupts.received() is None
