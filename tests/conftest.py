@@ -31,6 +31,11 @@ TIERS = ("unit", "integration", "system")
 # By their summed --durations in a full system tier, longest first (2026-12-02).
 LONGEST = ("slurm", "sweep_interruptions", "cli_processes", "bench", "ddp", "serving_processes", "sweep")
 LONGEST_FILES = tuple(f"system/test_{name}.py" for name in LONGEST)
+# The in-process tiers' longest files, by their summed --durations (2026-12-08: 46, 27, 13 and 12 s of 155 s), first
+# in `pytest -m "not system"` for the same reason.
+LONGEST_FILES += tuple(
+    f"integration/test_{name}.py" for name in ("flags", "sweep_studies", "ckpt_path", "wrong_inputs")
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
