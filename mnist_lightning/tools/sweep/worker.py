@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
-from mnist_lightning import compat, interrupts
+from mnist_lightning import compat, interrupts, threads
 from mnist_lightning.cli import build_cli
 from mnist_lightning.defaults import silence_third_party_noise
 from mnist_lightning.errors import ArgumentError, TrainingDiverged, UserError, one_line_errors
@@ -87,7 +87,7 @@ def worker_process(sweep: Sweep, index: int, count: int) -> None:
     """Entry point of a spawned worker: its share of the cores; stopped by a signal, it exits with 128 + its number
     (the sweep's own process says what happened)."""
     silence_sweep_noise()
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // count))
+    torch.set_num_threads(max(1, threads.usable_cpus() // count))  # then ThreadsFollowLoad, in each trial
     with one_line_errors(), interrupts.handled(say=False):
         run_worker(sweep, index)
 
